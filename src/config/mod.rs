@@ -1,0 +1,652 @@
+//! The sidecar's configuration: one YAML file, `${VAR}` expansion, parsed and validated once at
+//! startup into [`Config`]. Every error names the file, the field and what is wrong.
+
+mod expand;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use expand::{expand_str, ExpandError};
+
+/// A configuration problem: which file, which field, what is wrong.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}: {}: {}",
+                self.file.display(),
+                self.field,
+                self.message
+            )
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners, this pod's identity and Pingora process settings.
+    #[serde(default)]
+    pub server: ServerSection,
+    /// Shared session store. No URL means the in-process store (single-pod mode).
+    #[serde(default)]
+    pub redis: RedisSection,
+    /// Session bookkeeping.
+    #[serde(default)]
+    pub session: SessionSection,
+    /// Upstream timeouts.
+    #[serde(default)]
+    pub timeouts: TimeoutsSection,
+    /// Request limits.
+    #[serde(default)]
+    pub limits: LimitsSection,
+    /// Browser clients: answer preflights and expose `Mcp-Session-Id`. Absent: CORS headers are
+    /// left to the upstream.
+    #[serde(default)]
+    pub cors: Option<CorsSection>,
+    /// Path prefix → local MCP server. Longest prefix wins.
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Where MCP clients connect.
+    pub listen: String,
+    /// Health, readiness and metrics; keep it off the public Service.
+    pub admin_listen: String,
+    /// The address other sidecars reach this one at (`${POD_IP}:port` in Kubernetes).
+    /// Defaults to `listen` when that is a concrete address.
+    pub advertise_address: Option<String>,
+    /// Worker threads; 0 means one per core (Pingora's own default is 1).
+    #[serde(deserialize_with = "number_or_string")]
+    pub threads: usize,
+    /// How long after SIGTERM before listeners close (Pingora defaults to 300 s).
+    #[serde(with = "human_duration")]
+    pub grace_period: Duration,
+    /// How long in-flight requests and streams may take to finish after that.
+    #[serde(with = "human_duration")]
+    pub shutdown_timeout: Duration,
+    /// Pingora's pid file and upgrade socket (graceful binary upgrade, `-u`).
+    pub pid_file: String,
+    pub upgrade_sock: String,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".into(),
+            admin_listen: "127.0.0.1:9090".into(),
+            advertise_address: None,
+            threads: 0,
+            grace_period: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(20),
+            pid_file: "/tmp/mcp-sidecar.pid".into(),
+            upgrade_sock: "/tmp/mcp-sidecar-upgrade.sock".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisSection {
+    /// `redis://[user:password@]host:port[/db]`. Empty or absent: in-process store.
+    pub url: Option<String>,
+    /// Per-attempt connect timeout.
+    #[serde(with = "human_duration")]
+    pub connect_timeout: Duration,
+    /// Upper bound for any single store operation, so Redis trouble never hangs a request.
+    #[serde(with = "human_duration")]
+    pub command_timeout: Duration,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionSection {
+    /// Sliding TTL of a session record.
+    #[serde(with = "human_duration")]
+    pub ttl: Duration,
+}
+
+impl Default for SessionSection {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsSection {
+    /// TCP connect to the upstream.
+    #[serde(with = "human_duration")]
+    pub connect: Duration,
+    /// Pooled upstream connections are dropped after this long idle. Keep it below the
+    /// upstream's keep-alive (uvicorn and Node: 5 s) or a POST may hit a closed socket.
+    #[serde(with = "human_duration")]
+    pub upstream_idle: Duration,
+    /// Gap allowed between two reads from the upstream. Unset by default: an idle SSE stream
+    /// is healthy, and a read timeout would cut it.
+    #[serde(default, with = "human_duration_opt")]
+    pub upstream_read: Option<Duration>,
+    /// Gap allowed between two writes to the upstream.
+    #[serde(with = "human_duration")]
+    pub upstream_write: Duration,
+}
+
+impl Default for TimeoutsSection {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(2),
+            upstream_idle: Duration::from_secs(4),
+            upstream_read: None,
+            upstream_write: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSection {
+    /// Largest request body accepted; larger ones get 413 before the upstream sees them.
+    /// Accepts `4MiB`, `512KiB`, `1000000`.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_body: usize,
+}
+
+impl Default for LimitsSection {
+    fn default() -> Self {
+        Self {
+            max_body: 4 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CorsSection {
+    /// Allowed origins; `*` allows any.
+    pub allow_origins: Vec<String>,
+    /// Request headers a browser may send.
+    pub allow_headers: Vec<String>,
+    /// Response headers a browser may read; `Mcp-Session-Id` is what MCP clients need.
+    pub expose_headers: Vec<String>,
+    /// How long a browser may cache a preflight.
+    #[serde(with = "human_duration")]
+    pub max_age: Duration,
+}
+
+impl Default for CorsSection {
+    fn default() -> Self {
+        Self {
+            allow_origins: vec!["*".into()],
+            allow_headers: [
+                "Content-Type",
+                "Accept",
+                "Authorization",
+                "Mcp-Session-Id",
+                "MCP-Protocol-Version",
+                "Last-Event-ID",
+                "X-Request-Id",
+            ]
+            .map(String::from)
+            .to_vec(),
+            expose_headers: ["Mcp-Session-Id", "MCP-Protocol-Version", "X-Request-Id"]
+                .map(String::from)
+                .to_vec(),
+            max_age: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Path prefix, matched on segment boundaries (`/mcp` matches `/mcp` and `/mcp/x`, not `/mcpx`).
+    pub prefix: String,
+    /// The local MCP server, `http://host:port[/path]`. The prefix is replaced by the path.
+    pub upstream: String,
+    /// Name used in metrics, logs and Redis keys.
+    pub server_name: String,
+}
+
+impl Config {
+    /// Reads, expands and validates a configuration file with the process environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            field: String::new(),
+            message: format!("cannot read file: {e}"),
+        })?;
+        Self::from_yaml(path, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses configuration text; `path` is only used in error messages.
+    pub fn from_yaml(
+        path: &Path,
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let err = |field: String, message: String| ConfigError {
+            file: path.to_path_buf(),
+            field,
+            message,
+        };
+        let mut tree: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| err(String::new(), e.to_string()))?;
+        expand::expand_tree(&mut tree, env).map_err(|e| err(e.path, e.reason))?;
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            err(field, e.into_inner().to_string())
+        })?;
+        config
+            .validate()
+            .map_err(|(field, message)| err(field, message))?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let socket = |field: &str, value: &str| -> Result<SocketAddr, (String, String)> {
+            value.parse::<SocketAddr>().map_err(|_| {
+                (
+                    field.to_string(),
+                    format!("{value:?} is not an address of the form ip:port"),
+                )
+            })
+        };
+        let listen = socket("server.listen", &self.server.listen)?;
+        let admin = socket("server.admin_listen", &self.server.admin_listen)?;
+        if listen == admin {
+            return Err((
+                "server.admin_listen".into(),
+                "must differ from server.listen".into(),
+            ));
+        }
+        if let Some(adv) = &self.server.advertise_address {
+            validate_host_port(adv).map_err(|m| ("server.advertise_address".into(), m))?;
+        }
+        if let Some(url) = self.redis_url() {
+            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+                return Err((
+                    "redis.url".into(),
+                    "must start with redis:// (TLS Redis is not built in); leave empty for the in-process store".into(),
+                ));
+            }
+            redis::Client::open(url).map_err(|e| {
+                (
+                    "redis.url".to_string(),
+                    format!("is not a valid Redis URL: {e}"),
+                )
+            })?;
+        }
+        if self.session.ttl < Duration::from_secs(1) {
+            return Err(("session.ttl".into(), "must be at least 1s".into()));
+        }
+        if self.limits.max_body == 0 {
+            return Err(("limits.max_body".into(), "must be greater than 0".into()));
+        }
+        if self.routes.is_empty() {
+            return Err(("routes".into(), "at least one route is required".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = |name: &str| format!("routes[{i}].{name}");
+            if !r.prefix.starts_with('/') {
+                return Err((
+                    field("prefix"),
+                    format!("{:?} must start with '/'", r.prefix),
+                ));
+            }
+            if r.prefix.contains(['?', '#']) {
+                return Err((
+                    field("prefix"),
+                    "must be a path without query or fragment".into(),
+                ));
+            }
+            if !seen.insert(normalize_prefix(&r.prefix)) {
+                return Err((
+                    field("prefix"),
+                    format!("{:?} is used by another route", r.prefix),
+                ));
+            }
+            UpstreamUrl::parse(&r.upstream).map_err(|m| (field("upstream"), m))?;
+            if r.server_name.is_empty()
+                || !r
+                    .server_name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return Err((
+                    field("server_name"),
+                    format!(
+                        "{:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it becomes part of Redis keys)",
+                        r.server_name
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis URL, or `None` for the in-process store.
+    pub fn redis_url(&self) -> Option<&str> {
+        self.redis
+            .url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+    }
+
+    /// Worker threads per service, with 0 resolved to the number of cores.
+    pub fn threads(&self) -> usize {
+        if self.server.threads > 0 {
+            self.server.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+
+    /// This pod's address as other sidecars see it.
+    pub fn advertise_address(&self) -> String {
+        if let Some(adv) = &self.server.advertise_address {
+            return adv.clone();
+        }
+        let listen: SocketAddr = self.server.listen.parse().expect("validated");
+        if listen.ip().is_unspecified() {
+            format!("127.0.0.1:{}", listen.port())
+        } else {
+            listen.to_string()
+        }
+    }
+
+    /// The Pingora process settings this configuration implies.
+    pub fn pingora_conf(&self) -> pingora::server::configuration::ServerConf {
+        let mut conf = pingora::server::configuration::ServerConf {
+            threads: self.threads(),
+            grace_period_seconds: Some(self.server.grace_period.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(self.server.shutdown_timeout.as_secs()),
+            pid_file: self.server.pid_file.clone(),
+            upgrade_sock: self.server.upgrade_sock.clone(),
+            ..Default::default()
+        };
+        conf.work_stealing = true;
+        conf
+    }
+}
+
+/// A route prefix without its trailing slash; the root route is the empty string.
+pub fn normalize_prefix(prefix: &str) -> String {
+    prefix.trim_end_matches('/').to_string()
+}
+
+/// An `http://host:port[/path]` upstream, resolved once at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    /// What the upstream expects in `Host` (FastMCP answers 421 to a foreign one).
+    pub authority: String,
+    pub addr: SocketAddr,
+    /// Path the route prefix maps to, without trailing slash.
+    pub path: String,
+}
+
+impl UpstreamUrl {
+    pub fn parse(url: &str) -> Result<UpstreamUrl, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| {
+            format!("{url:?} must start with http:// (the sidecar talks to its MCP server over plain HTTP on the pod's loopback)")
+        })?;
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if path.contains(['?', '#']) {
+            return Err(format!("{url:?} must not carry a query or fragment"));
+        }
+        validate_host_port(authority)?;
+        let addr = authority
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {authority:?}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{authority:?} resolves to no address"))?;
+        Ok(UpstreamUrl {
+            authority: authority.to_string(),
+            addr,
+            path: path.trim_end_matches('/').to_string(),
+        })
+    }
+}
+
+fn validate_host_port(value: &str) -> Result<(), String> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{value:?} must be host:port"))?;
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(format!(
+            "{value:?} must be host:port with a port from 1 to 65535"
+        ));
+    }
+    Ok(())
+}
+
+fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(usize),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| de::Error::custom(format!("{s:?} is not a whole number"))),
+    }
+}
+
+fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(usize),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(n),
+        Raw::S(s) => parse_byte_size(&s).map_err(de::Error::custom),
+    }
+}
+
+/// `4MiB`, `512KiB`, `1GiB`, `1000`, also `kB`/`MB` (decimal).
+pub fn parse_byte_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 4MiB or 65536"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {s:?} (use B, KiB, MiB, GiB)"
+            ))
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Durations as humans write them: `500ms`, `5s`, `1h`.
+mod human_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(s.trim()).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is not a duration like 5s or 500ms: {e}"))
+        })
+    }
+}
+
+mod human_duration_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        match Option::<String>::deserialize(d)? {
+            None => Ok(None),
+            Some(s) if s.trim().is_empty() || s.trim() == "0" || s.trim() == "none" => Ok(None),
+            Some(s) => humantime::parse_duration(s.trim()).map(Some).map_err(|e| {
+                serde::de::Error::custom(format!("{s:?} is not a duration like 5s or 500ms: {e}"))
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(Path::new("test.yaml"), yaml, &|n| match n {
+            "PORT" => Some("18000".into()),
+            _ => None,
+        })
+    }
+
+    const MINIMAL: &str = "routes:\n  - {prefix: /mcp, upstream: 'http://127.0.0.1:${PORT}/mcp', server_name: demo}\n";
+
+    #[test]
+    fn minimal_file_gets_sidecar_friendly_defaults() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.routes[0].upstream, "http://127.0.0.1:18000/mcp");
+        assert!(c.redis_url().is_none());
+        assert!(c.threads() >= 1);
+        assert_eq!(c.timeouts.upstream_read, None);
+        assert!(c.timeouts.upstream_idle < Duration::from_secs(5));
+        let pc = c.pingora_conf();
+        assert_eq!(pc.threads, c.threads());
+        assert_eq!(pc.grace_period_seconds, Some(5));
+        assert_eq!(c.advertise_address(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e =
+            parse("routes:\n  - {prefix: mcp, upstream: 'http://127.0.0.1:1', server_name: a}\n")
+                .unwrap_err();
+        assert_eq!(e.field, "routes[0].prefix");
+        assert!(
+            e.to_string().starts_with("test.yaml: routes[0].prefix:"),
+            "{e}"
+        );
+
+        let e = parse(&format!("server: {{threads: many}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "server.threads");
+
+        let e = parse(&format!("timeouts: {{connect: soon}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "timeouts.connect");
+
+        let e = parse(&format!("limits: {{max_body: 3 parsecs}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "limits.max_body");
+
+        let e = parse(&format!("redis: {{url: 'http://x'}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "redis.url");
+
+        let e = parse(&format!("bogus: 1\n{MINIMAL}")).unwrap_err();
+        assert!(e.message.contains("bogus"), "{e}");
+
+        let e = parse("routes:\n  - {prefix: /a, upstream: 'https://x:1', server_name: a}\n")
+            .unwrap_err();
+        assert_eq!(e.field, "routes[0].upstream");
+
+        let e =
+            parse("routes:\n  - {prefix: /a, upstream: '${NOPE}', server_name: a}\n").unwrap_err();
+        assert_eq!(e.field, "routes[0].upstream");
+        assert!(e.message.contains("NOPE"));
+
+        let e = parse(
+            "routes:\n  - {prefix: /a, upstream: 'http://127.0.0.1:1', server_name: 'a b'}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "routes[0].server_name");
+
+        let e = parse("routes: []\n").unwrap_err();
+        assert_eq!(e.field, "routes");
+
+        let e = parse(&format!(
+            "server: {{listen: '127.0.0.1:1', admin_listen: '127.0.0.1:1'}}\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "server.admin_listen");
+    }
+
+    #[test]
+    fn duplicate_prefixes_are_refused() {
+        let e = parse(
+            "routes:\n  - {prefix: /a, upstream: 'http://127.0.0.1:1', server_name: a}\n  - {prefix: /a/, upstream: 'http://127.0.0.1:2', server_name: b}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "routes[1].prefix");
+    }
+
+    #[test]
+    fn sizes_and_empty_redis_url() {
+        assert_eq!(parse_byte_size("4MiB").unwrap(), 4 << 20);
+        assert_eq!(parse_byte_size("65536").unwrap(), 65536);
+        assert_eq!(parse_byte_size("2kB").unwrap(), 2000);
+        assert!(parse_byte_size("-1").is_err());
+        let c = parse(&format!(
+            "redis: {{url: ''}}\nlimits: {{max_body: 64KiB}}\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert!(c.redis_url().is_none());
+        assert_eq!(c.limits.max_body, 65536);
+    }
+
+    #[test]
+    fn upstream_url_parts() {
+        let u = UpstreamUrl::parse("http://127.0.0.1:8000/mcp/").unwrap();
+        assert_eq!(u.authority, "127.0.0.1:8000");
+        assert_eq!(u.path, "/mcp");
+        assert_eq!(UpstreamUrl::parse("http://localhost:9").unwrap().path, "");
+        assert!(UpstreamUrl::parse("http://127.0.0.1").is_err());
+        assert!(UpstreamUrl::parse("http://127.0.0.1:1/x?y").is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Command line: `mcp-sidecar -c FILE` runs, `mcp-sidecar -t -c FILE` checks the file and exits.
+
+use clap::Parser;
+use log::{error, info, warn};
+use mcp_sidecar::admin::AdminApp;
+use mcp_sidecar::config::Config;
+use mcp_sidecar::metrics::METRICS;
+use mcp_sidecar::proxy::Sidecar;
+use mcp_sidecar::store::{MemoryStore, RedisStore, SessionStore};
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "mcp-sidecar",
+    version,
+    about = "MCP session-aware sidecar proxy"
+)]
+struct Cli {
+    #[command(flatten)]
+    pingora: Opt,
+}
+
+const DEFAULT_CONF: &str = "conf/sidecar.yaml";
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let path = PathBuf::from(
+        cli.pingora
+            .conf
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CONF.into()),
+    );
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-sidecar: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let proxy = match Sidecar::new(&config) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    if cli.pingora.test {
+        println!(
+            "mcp-sidecar: configuration file {} is valid",
+            path.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+
+    let store: Arc<dyn SessionStore> = match config.redis_url() {
+        Some(url) => match RedisStore::new(
+            url,
+            config.redis.connect_timeout,
+            config.redis.command_timeout,
+        ) {
+            Ok(s) => {
+                info!("session store: redis at {}", redis_endpoint(url));
+                Arc::new(s)
+            }
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            warn!("session store: in-process memory (single-pod mode): no redis.url configured, so sessions are not shared with other pods");
+            Arc::new(MemoryStore::new())
+        }
+    };
+    METRICS
+        .store_backend
+        .with_label_values(&[store.backend().as_str()])
+        .set(1);
+
+    let mut opt = cli.pingora;
+    opt.conf = None; // our file is not a Pingora ServerConf; its settings are passed below
+    let mut server = Server::new_with_opt_and_conf(opt, config.pingora_conf());
+    server.bootstrap();
+
+    let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
+    proxy_service.add_tcp(&config.server.listen);
+    let mut admin = Service::new("admin".to_string(), AdminApp::new(store));
+    admin.add_tcp(&config.server.admin_listen);
+    admin.threads = Some(1);
+
+    info!(
+        "mcp-sidecar listening on {} (admin {}), advertised as {}, {} routes, {} threads",
+        config.server.listen,
+        config.server.admin_listen,
+        config.advertise_address(),
+        config.routes.len(),
+        config.threads()
+    );
+    for r in &config.routes {
+        info!("route {} -> {} ({})", r.prefix, r.upstream, r.server_name);
+    }
+    server.add_service(proxy_service);
+    server.add_service(admin);
+    server.run_forever()
+}
+
+/// `host:port` of a Redis URL, without credentials, for logs.
+fn redis_endpoint(url: &str) -> String {
+    redis::Client::open(url)
+        .map(|c| c.get_connection_info().addr().to_string())
+        .unwrap_or_else(|_| "(invalid url)".into())
+}

@@ -1,0 +1,69 @@
+//! Prometheus metrics, all under `mcp_sidecar_`. Label values are bounded: routes come from the
+//! configuration and JSON-RPC methods from a fixed list (see `protocol::jsonrpc`).
+
+use prometheus::{
+    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Encoder,
+    HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder,
+};
+use std::sync::LazyLock;
+
+pub struct Metrics {
+    /// Requests by route, JSON-RPC method label and HTTP status.
+    pub requests: IntCounterVec,
+    /// Time from request start to response headers sent downstream (a stream's lifetime is not
+    /// latency, so streams are measured to their first byte).
+    pub latency: HistogramVec,
+    /// Upstream failures by route and kind (connect, timeout, closed, ...).
+    pub upstream_errors: IntCounterVec,
+    /// Failed session store operations by operation.
+    pub store_errors: IntCounterVec,
+    /// 1 for the backend in use (`memory` or `redis`).
+    pub store_backend: IntGaugeVec,
+}
+
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+    requests: register_int_counter_vec!(
+        "mcp_sidecar_requests_total",
+        "Requests handled, by route, JSON-RPC method and HTTP status",
+        &["route", "method", "status"]
+    )
+    .expect("metric registers once"),
+    latency: register_histogram_vec!(
+        "mcp_sidecar_request_duration_seconds",
+        "Time to response headers, by route and JSON-RPC method",
+        &["route", "method"],
+        vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0
+        ]
+    )
+    .expect("metric registers once"),
+    upstream_errors: register_int_counter_vec!(
+        "mcp_sidecar_upstream_errors_total",
+        "Upstream failures, by route and kind",
+        &["route", "kind"]
+    )
+    .expect("metric registers once"),
+    store_errors: register_int_counter_vec!(
+        "mcp_sidecar_redis_errors_total",
+        "Session store (Redis) operations that failed or timed out, by operation",
+        &["op"]
+    )
+    .expect("metric registers once"),
+    store_backend: register_int_gauge_vec!(
+        "mcp_sidecar_store_backend",
+        "Session store backend in use (1 = active)",
+        &["backend"]
+    )
+    .expect("metric registers once"),
+});
+
+/// The Prometheus text exposition of every registered metric.
+pub fn render() -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 * 1024);
+    let families = prometheus::gather();
+    TextEncoder::new()
+        .encode(&families, &mut out)
+        .expect("text encoding into a Vec cannot fail");
+    out
+}

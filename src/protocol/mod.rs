@@ -1,0 +1,5 @@
+//! What the sidecar knows about MCP on the wire: JSON-RPC envelopes and error bodies, and the
+//! HTTP headers the transports use. Nothing here knows about Redis or Pingora.
+
+pub mod headers;
+pub mod jsonrpc;

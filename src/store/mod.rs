@@ -1,0 +1,112 @@
+//! Where sessions live between requests and across pods. One trait, two backends: Redis (shared
+//! by every sidecar of a deployment) and in-process (single-pod mode, the embedded default).
+//! The key schema is in [`keys`].
+
+pub mod keys;
+mod memory;
+mod redis;
+
+pub use self::memory::MemoryStore;
+pub use self::redis::RedisStore;
+
+use async_trait::async_trait;
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Which backend a store is, as shown at startup, in `/readyz` and in metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Redis,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Memory => "memory",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
+/// One MCP session as the sidecars share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRecord {
+    /// The id the client holds (what it sends in `Mcp-Session-Id`).
+    pub session_id: String,
+    /// The id the upstream currently knows; differs from `session_id` after a recovery.
+    pub upstream_session_id: String,
+    /// Advertised address of the pod whose upstream holds the session.
+    pub owner: String,
+    pub server_name: String,
+    /// Hub user that created the session, when auth is on.
+    pub user: Option<String>,
+    pub protocol_version: Option<String>,
+    /// The client's `initialize` params as raw JSON, replayed on recovery.
+    pub init_params: Option<String>,
+    /// Unix seconds.
+    pub created_at: u64,
+    pub last_seen: u64,
+}
+
+/// A store operation that failed. Never carries key contents or credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backend did not answer within the configured command timeout.
+    Timeout(&'static str),
+    /// The backend answered with an error or the connection failed.
+    Backend { op: &'static str, message: String },
+    /// A record in the store could not be read back (written by something else).
+    Corrupt { key: String, message: String },
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Timeout(op) => write!(f, "session store: {op} timed out"),
+            StoreError::Backend { op, message } => {
+                write!(f, "session store: {op} failed: {message}")
+            }
+            StoreError::Corrupt { key, message } => {
+                write!(f, "session store: record {key} is unreadable: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// The session store. Every key it writes carries a TTL.
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Whether the backend answers (readiness).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Creates or replaces a session record, with `ttl`.
+    async fn save_session(&self, record: &SessionRecord, ttl: Duration) -> Result<(), StoreError>;
+
+    async fn load_session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError>;
+
+    /// Slides the TTL and stamps `last_seen`. `false` when the session is unknown.
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    /// `false` when there was nothing to delete.
+    async fn delete_session(&self, session_id: &str) -> Result<bool, StoreError>;
+
+    /// Remaining TTL of a session record, `None` when it does not exist.
+    async fn session_ttl(&self, session_id: &str) -> Result<Option<Duration>, StoreError>;
+}
+
+/// Current Unix time in seconds.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

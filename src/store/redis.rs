@@ -1,0 +1,242 @@
+//! Redis backend. One multiplexed connection (redis' ConnectionManager) that reconnects by
+//! itself; every operation is bounded by the command timeout and counted when it fails, so a
+//! Redis outage degrades the sidecar instead of hanging requests.
+
+use super::keys::{self, session_field as f};
+use super::{Backend, SessionRecord, SessionStore, StoreError};
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::LazyLock;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+
+/// Slides a session's TTL only if it still exists, so a touch racing an expiry cannot
+/// resurrect a partial record without TTL.
+static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then
+            redis.call('HSET', KEYS[1], 'last_seen', ARGV[2])
+            return 1
+          end
+          return 0",
+    )
+});
+
+pub struct RedisStore {
+    client: redis::Client,
+    config: ConnectionManagerConfig,
+    command_timeout: Duration,
+    // created on first use: the manager must be built inside a Tokio runtime
+    conn: OnceCell<ConnectionManager>,
+}
+
+impl RedisStore {
+    /// Validates the URL; connects lazily, so the sidecar starts even while Redis is down.
+    pub fn new(
+        url: &str,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Self, StoreError> {
+        let client = redis::Client::open(url).map_err(|e| StoreError::Backend {
+            op: "open",
+            message: e.to_string(),
+        })?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(Some(command_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(200));
+        Ok(RedisStore {
+            client,
+            config,
+            command_timeout,
+            conn: OnceCell::new(),
+        })
+    }
+
+    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+        self.conn
+            .get_or_try_init(|| async {
+                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
+            })
+            .await
+            .cloned()
+            .map_err(|e| StoreError::Backend {
+                op: "connect",
+                message: e.to_string(),
+            })
+    }
+
+    /// Runs one operation under the command timeout, counting failures by `op`.
+    async fn run<T, Fut>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(ConnectionManager) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let result = match self.conn().await {
+            Ok(conn) => match tokio::time::timeout(self.command_timeout, f(conn)).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err(e)) => Err(StoreError::Backend {
+                    op,
+                    message: e.to_string(),
+                }),
+                Err(_) => Err(StoreError::Timeout(op)),
+            },
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            METRICS.store_errors.with_label_values(&[op]).inc();
+        }
+        result
+    }
+}
+
+fn ttl_millis(ttl: Duration) -> u64 {
+    ttl.as_millis().clamp(1, u64::MAX as u128) as u64
+}
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    fn backend(&self) -> Backend {
+        Backend::Redis
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.run("ping", |mut c| async move {
+            redis::cmd("PING").query_async::<String>(&mut c).await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn save_session(&self, r: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
+        let key = keys::session(&r.session_id);
+        let mut fields: Vec<(&str, String)> = vec![
+            (f::UPSTREAM_SESSION_ID, r.upstream_session_id.clone()),
+            (f::OWNER, r.owner.clone()),
+            (f::SERVER, r.server_name.clone()),
+            (f::CREATED_AT, r.created_at.to_string()),
+            (f::LAST_SEEN, r.last_seen.to_string()),
+        ];
+        for (name, value) in [
+            (f::USER, &r.user),
+            (f::PROTOCOL_VERSION, &r.protocol_version),
+            (f::INIT_PARAMS, &r.init_params),
+        ] {
+            if let Some(v) = value {
+                fields.push((name, v.clone()));
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&key)
+            .ignore()
+            .hset_multiple(&key, &fields)
+            .ignore()
+            .pexpire(&key, ttl_millis(ttl) as i64)
+            .ignore();
+        self.run("save_session", |mut c| async move {
+            pipe.query_async::<()>(&mut c).await
+        })
+        .await
+    }
+
+    async fn load_session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let key = keys::session(session_id);
+        let map: HashMap<String, String> = self
+            .run("load_session", |mut c| {
+                let key = key.clone();
+                async move { c.hgetall(key).await }
+            })
+            .await?;
+        if map.is_empty() {
+            return Ok(None);
+        }
+        record_from_hash(session_id, map)
+            .map(Some)
+            .map_err(|message| StoreError::Corrupt { key, message })
+    }
+
+    async fn touch_session(
+        &self,
+        session_id: &str,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = keys::session(session_id);
+        let touched: i64 = self
+            .run("touch_session", |mut c| async move {
+                TOUCH
+                    .key(key)
+                    .arg(ttl_millis(ttl))
+                    .arg(now)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(touched == 1)
+    }
+
+    async fn delete_session(&self, session_id: &str) -> Result<bool, StoreError> {
+        let key = keys::session(session_id);
+        let n: i64 = self
+            .run("delete_session", |mut c| async move { c.del(key).await })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn session_ttl(&self, session_id: &str) -> Result<Option<Duration>, StoreError> {
+        let key = keys::session(session_id);
+        let ms: i64 = self
+            .run("session_ttl", |mut c| {
+                let key = key.clone();
+                async move { c.pttl(key).await }
+            })
+            .await?;
+        match ms {
+            -2 => Ok(None),
+            -1 => Err(StoreError::Corrupt {
+                key,
+                message: "has no TTL".into(),
+            }),
+            ms => Ok(Some(Duration::from_millis(ms.max(0) as u64))),
+        }
+    }
+}
+
+fn record_from_hash(
+    session_id: &str,
+    mut map: HashMap<String, String>,
+) -> Result<SessionRecord, String> {
+    let mut required = |name: &str| {
+        map.remove(name)
+            .ok_or_else(|| format!("field {name} is missing"))
+    };
+    let upstream_session_id = required(f::UPSTREAM_SESSION_ID)?;
+    let owner = required(f::OWNER)?;
+    let server_name = required(f::SERVER)?;
+    let number = |v: String, name: &str| {
+        v.parse::<u64>()
+            .map_err(|_| format!("field {name} is not a number"))
+    };
+    let created_at = number(required(f::CREATED_AT)?, f::CREATED_AT)?;
+    let last_seen = number(required(f::LAST_SEEN)?, f::LAST_SEEN)?;
+    Ok(SessionRecord {
+        session_id: session_id.to_string(),
+        upstream_session_id,
+        owner,
+        server_name,
+        user: map.remove(f::USER),
+        protocol_version: map.remove(f::PROTOCOL_VERSION),
+        init_params: map.remove(f::INIT_PARAMS),
+        created_at,
+        last_seen,
+    })
+}

@@ -1,0 +1,104 @@
+"""A real FastMCP server (PyPI `mcp`) used as the upstream in the integration tests.
+
+Run: python fastmcp_server.py --port P --transport streamable-http|sse
+Tools report what the server saw, so tests assert on the upstream's view, not the proxy's.
+"""
+
+import argparse
+import asyncio
+import json
+import time
+
+from mcp.server.fastmcp import Context, FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse, StreamingResponse
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
+parser.add_argument("--name", default="test-server")
+args = parser.parse_args()
+
+mcp = FastMCP(args.name, host="127.0.0.1", port=args.port, log_level="WARNING")
+calls_per_session: dict[int, int] = {}
+
+
+@mcp.tool()
+def echo(text: str) -> str:
+    """Return the text unchanged."""
+    return text
+
+
+@mcp.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@mcp.tool()
+def whoami(ctx: Context) -> str:
+    """This server's name and port (tells the tests which pod answered)."""
+    return json.dumps({"server": args.name, "port": args.port})
+
+
+@mcp.tool()
+def count(ctx: Context) -> int:
+    """How many times this tool was called in this MCP session (server-side state)."""
+    key = id(ctx.session)
+    calls_per_session[key] = calls_per_session.get(key, 0) + 1
+    return calls_per_session[key]
+
+
+@mcp.tool()
+def request_headers(ctx: Context) -> str:
+    """The HTTP headers of the request that carried this call, as the upstream received them."""
+    request = ctx.request_context.request
+    return json.dumps({k: v for k, v in request.headers.items()}) if request else "{}"
+
+
+@mcp.tool()
+async def timed_events(ctx: Context, count: int = 3, interval: float = 1.0) -> str:
+    """Send `count` log notifications `interval` seconds apart, each stamped with the send time."""
+    for i in range(count):
+        if i:
+            await asyncio.sleep(interval)
+        await ctx.info(json.dumps({"seq": i, "sent_at": time.time()}))
+    return "done"
+
+
+@mcp.tool()
+async def notify_resources_changed(ctx: Context) -> str:
+    """Send notifications/resources/list_changed, which travels on the session's GET stream."""
+    await ctx.session.send_resource_list_changed()
+    return "sent"
+
+
+@mcp.custom_route("/echo", methods=["GET", "POST", "PUT", "DELETE"])
+async def echo_http(request: Request) -> JSONResponse:
+    body = await request.body()
+    return JSONResponse(
+        {
+            "method": request.method,
+            "path": request.url.path,
+            "query": request.url.query,
+            "headers": {k: v for k, v in request.headers.items()},
+            "body": body.decode("latin-1"),
+        }
+    )
+
+
+@mcp.custom_route("/silent", methods=["GET"])
+async def silent_stream(request: Request) -> StreamingResponse:
+    """An SSE stream that says one thing, stays completely silent, then says another."""
+    seconds = float(request.query_params.get("seconds", "65"))
+
+    async def events():
+        yield f"event: first\ndata: {time.time()}\n\n"
+        await asyncio.sleep(seconds)
+        yield f"event: second\ndata: {time.time()}\n\n"
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+if __name__ == "__main__":
+    mcp.run(transport=args.transport)
