@@ -23,9 +23,13 @@ impl Cors {
         }
     }
 
+    pub fn allows(&self, origin: &str) -> bool {
+        self.any_origin || self.origins.iter().any(|o| o == origin)
+    }
+
     /// The value for `Access-Control-Allow-Origin`, if this origin is allowed.
     fn allowed<'a>(&self, origin: &'a str) -> Option<&'a str> {
-        (self.any_origin || self.origins.iter().any(|o| o == origin)).then_some(origin)
+        self.allows(origin).then_some(origin)
     }
 
     /// Headers for an actual (non-preflight) response.

@@ -1,10 +1,11 @@
 //! The Pingora proxy. Each phase says what it decides; the work lives in the modules beside
 //! this one (body buffering, CORS, replies) and in `route` and `protocol`.
 //!
-//! A request flows: request id → CORS preflight → route → header checks → body limit
-//! (request_filter); body held until complete and its envelope read (request_body_filter);
-//! path, Host and request id set for the upstream (upstream_request_filter); response headers
-//! decorated (response_filter); one access line and the metrics (logging).
+//! A request flows: request id → Origin check and CORS preflight → route → header checks →
+//! body limit → small bodies read whole (request_filter); larger or chunked bodies held until
+//! complete (request_body_filter), so the envelope is known before the upstream gets a byte of
+//! body; path, Host and request id set for the upstream (upstream_request_filter); response
+//! headers decorated (response_filter); one access line and the metrics (logging).
 
 mod body;
 mod cors;
@@ -27,6 +28,10 @@ use pingora::ErrorType;
 use reply::Refusal;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Bodies up to this size (by Content-Length) are read before the upstream is chosen. It is
+/// Pingora's retry buffer size, which then replays them to the upstream (and on retries).
+const PRE_READ_LIMIT: usize = 64 * 1024;
 
 /// The sidecar's proxy logic, shared by all worker threads.
 pub struct Sidecar {
@@ -61,6 +66,10 @@ pub struct RequestCtx {
     /// When response headers went downstream.
     responded: Option<Instant>,
     body: BodyBuffer,
+    /// Content-Length of the request, when it has one.
+    content_length: Option<usize>,
+    /// The whole body has been seen (and its envelope read).
+    body_complete: bool,
     pub envelope: Option<Envelope>,
     /// Metrics label: the JSON-RPC method, or what the body was instead.
     rpc_label: &'static str,
@@ -78,6 +87,28 @@ impl RequestCtx {
     fn route_label(&self) -> &str {
         self.route.as_ref().map_or("-", |r| r.server_name.as_str())
     }
+
+    /// Records what the complete body is.
+    fn complete_body(&mut self, full: &[u8]) {
+        self.body_complete = true;
+        match envelope_of(full) {
+            Some(Ok(env)) => {
+                self.rpc_label = env.label();
+                self.envelope = Some(env);
+            }
+            Some(Err(_)) => self.rpc_label = "invalid",
+            None if full.is_empty() => {}
+            None => self.rpc_label = "non_json",
+        }
+    }
+}
+
+fn too_large(limit: usize) -> Refusal {
+    Refusal::new(
+        413,
+        code::INVALID_REQUEST,
+        format!("request body exceeds the limit of {limit} bytes"),
+    )
 }
 
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
@@ -101,16 +132,30 @@ impl Sidecar {
                 ));
             }
         }
-        if let Some(len) = header(req, "content-length") {
-            let len = std::str::from_utf8(len)
-                .ok()
-                .and_then(|s| s.trim().parse::<usize>().ok());
-            if len.is_some_and(|n| n > self.max_body) {
-                return Err(Refusal::new(
-                    413,
-                    code::INVALID_REQUEST,
-                    format!("request body exceeds the limit of {} bytes", self.max_body),
-                ));
+        ctx.content_length = header(req, "content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|s| s.trim().parse::<usize>().ok());
+        if ctx.content_length.is_some_and(|n| n > self.max_body) {
+            return Err(too_large(self.max_body));
+        }
+        Ok(())
+    }
+
+    /// Reads a small body completely before the upstream is contacted. Pingora keeps it in its
+    /// retry buffer and sends it on from there.
+    async fn pre_read_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        session.enable_retry_buffering();
+        let mut body = BodyBuffer::default();
+        while let Some(chunk) = session.read_request_body().await? {
+            if body.push(Some(chunk), false, self.max_body) == BodyProgress::TooLarge {
+                // more bytes than Content-Length announced
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+            }
+        }
+        match body.push(None, true, self.max_body) {
+            BodyProgress::Complete(full) => ctx.complete_body(&full),
+            _ => {
+                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
             }
         }
         Ok(())
@@ -128,6 +173,8 @@ impl ProxyHttp for Sidecar {
             started: Instant::now(),
             responded: None,
             body: BodyBuffer::default(),
+            content_length: None,
+            body_complete: false,
             envelope: None,
             rpc_label: "none",
             cors: None,
@@ -140,6 +187,13 @@ impl ProxyHttp for Sidecar {
         ctx.request_id = headers::request_id(header(req, X_REQUEST_ID));
         if let Some(cors) = &self.cors {
             if let Some(origin) = req.headers.get("origin").and_then(|v| v.to_str().ok()) {
+                if !cors.allows(origin) {
+                    // the spec's Origin validation (DNS rebinding): the sidecar is the judge here
+                    let refusal = Refusal::new(403, code::SERVER_ERROR, "origin not allowed");
+                    session.set_keepalive(None);
+                    reply::send(session, ctx, &refusal).await?;
+                    return Ok(true);
+                }
                 ctx.cors = Some((cors.clone(), origin.to_string()));
                 let is_preflight = req.method == http::Method::OPTIONS
                     && req.headers.contains_key("access-control-request-method");
@@ -156,6 +210,12 @@ impl ProxyHttp for Sidecar {
             session.set_keepalive(None);
             reply::send(session, ctx, &refusal).await?;
             return Ok(true);
+        }
+        if ctx
+            .content_length
+            .is_some_and(|n| n > 0 && n <= PRE_READ_LIMIT)
+        {
+            self.pre_read_body(session, ctx).await?;
         }
         Ok(false)
     }
@@ -196,21 +256,17 @@ impl ProxyHttp for Sidecar {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.body_complete {
+            // read in request_filter; this is Pingora replaying its buffer
+            return Ok(());
+        }
         match ctx.body.push(body.take(), end_of_stream, self.max_body) {
             BodyProgress::Pending => *body = Some(Bytes::new()),
             BodyProgress::TooLarge => {
                 return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
             }
             BodyProgress::Complete(full) => {
-                match envelope_of(&full) {
-                    Some(Ok(env)) => {
-                        ctx.rpc_label = env.label();
-                        ctx.envelope = Some(env);
-                    }
-                    Some(Err(_)) => ctx.rpc_label = "invalid",
-                    None if full.is_empty() => {}
-                    None => ctx.rpc_label = "non_json",
-                }
+                ctx.complete_body(&full);
                 *body = Some(full);
             }
         }
@@ -236,6 +292,11 @@ impl ProxyHttp for Sidecar {
             upstream_request.set_uri(uri);
         }
         upstream_request.insert_header("host", route.upstream_authority.as_str())?;
+        if ctx.cors.is_some() {
+            // the sidecar validated this Origin; the upstream would judge it against its own
+            // localhost allow-list and refuse
+            upstream_request.remove_header("origin");
+        }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         Ok(())
     }
@@ -268,6 +329,8 @@ impl ProxyHttp for Sidecar {
         }
         let status = match refusal {
             Some(r) if session.response_written().is_none() => {
+                // the connection will be closed; say so, or the client reuses it and gets a reset
+                session.set_keepalive(None);
                 if let Err(we) = reply::send(session, ctx, &r).await {
                     warn!(
                         "request_id={} could not send error response: {we}",

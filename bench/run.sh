@@ -1,0 +1,522 @@
+#!/usr/bin/env bash
+# Benchmark baseline: mcp-sidecar against nginx as a reverse proxy in front of the same fast
+# upstream, on loopback only. See docs/benchmarks.md for what is measured and why.
+#
+#   bench/run.sh                  # build (release), 5 interleaved rounds of 10 s per target
+#   ROUNDS=9 bench/run.sh         # more rounds: steadier medians on a noisy machine
+#
+# Environment:
+#   ROUNDS       rounds of measurement (default 5); each round runs every target once
+#   DURATION     wrk duration of one measured run (default 10s)
+#   WARMUP       wrk duration of the warmup run per target (default 3s)
+#   WRK_THREADS  wrk threads (default 2)
+#   CONNECTIONS  wrk connections (default 32)
+#   SKIP_BUILD   1: use the existing target/release/mcp-sidecar as is (default 0)
+#   RESULTS_DIR  where latest.md goes (default bench/results, which is gitignored)
+#
+# Everything listens on 127.0.0.1 on free ports, with configuration in a temp dir; an EXIT trap
+# stops every process the script started and removes the temp dir.
+
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-10s}
+WARMUP=${WARMUP:-3s}
+WRK_THREADS=${WRK_THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-32}
+SKIP_BUILD=${SKIP_BUILD:-0}
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RESULTS_DIR=${RESULTS_DIR:-$REPO/bench/results}
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+BIN=$TARGET_DIR/release/mcp-sidecar
+
+REQ_BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
+RESP_BODY='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
+SESSION_ID=6f1c2d3e4b5a69788796a5b4c3d2e1f0
+PROTOCOL_VERSION=2025-06-18
+
+log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+PIDS=()
+TMP=""
+
+die() {
+    printf '\n[bench] FAILED: %s\n' "$*" >&2
+    if [[ -n $TMP && -d $TMP ]]; then
+        local f
+        for f in "$TMP"/*.log; do
+            [[ -s $f ]] || continue
+            printf -- '--- last lines of %s ---\n' "$(basename "$f")" >&2
+            tail -n 20 "$f" >&2
+        done
+    fi
+    exit 1
+}
+
+cleanup() {
+    local rc=$? pid i
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for ((i = 0; i < 50; i++)); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    [[ -n $TMP && -d $TMP ]] && rm -rf "$TMP"
+    exit "$rc"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+find_cmd() { # name -> path (also looks in sbin, which a non-root PATH may lack)
+    local c
+    c=$(command -v "$1" 2>/dev/null) || { [[ -x /usr/sbin/$1 ]] && c=/usr/sbin/$1; } || return 1
+    echo "$c"
+}
+
+install_missing() {
+    local missing=()
+    find_cmd nginx >/dev/null || missing+=(nginx-light)
+    find_cmd wrk >/dev/null || missing+=(wrk)
+    find_cmd redis-server >/dev/null || missing+=(redis-server)
+    find_cmd cmake >/dev/null || missing+=(cmake)
+    find_cmd curl >/dev/null || missing+=(curl)
+    ((${#missing[@]})) || return 0
+    local sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "missing ${missing[*]} and not root (no sudo to install them)"
+        sudo=(sudo)
+    fi
+    log "installing ${missing[*]}"
+    "${sudo[@]}" apt-get update
+    # Debian 13 no longer ships nginx-light; plain nginx does the same job here
+    if [[ " ${missing[*]} " == *" nginx-light "* ]] && ! apt-cache show nginx-light >/dev/null 2>&1; then
+        missing=("${missing[@]/nginx-light/nginx}")
+    fi
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Processes and ports
+
+USED_PORTS=" "
+PORT=""
+port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
+pick_port() { # sets PORT
+    local p i
+    for ((i = 0; i < 500; i++)); do
+        p=$((20000 + RANDOM % 40000))
+        [[ $USED_PORTS == *" $p "* ]] && continue
+        if ! port_in_use "$p"; then
+            USED_PORTS+="$p "
+            PORT=$p
+            return 0
+        fi
+    done
+    die "found no free loopback port"
+}
+
+START_PID=""
+start() { # name cmd... ; output to $TMP/name.log, pid in START_PID
+    local name=$1
+    shift
+    "$@" >"$TMP/$name.log" 2>&1 &
+    START_PID=$!
+    PIDS+=("$START_PID")
+}
+
+wait_port() { # name pid port
+    local i
+    for ((i = 0; i < 150; i++)); do
+        kill -0 "$2" 2>/dev/null || die "$1 exited during startup"
+        port_in_use "$3" && return 0
+        sleep 0.1
+    done
+    die "$1 did not listen on 127.0.0.1:$3 within 15s"
+}
+
+children_of() { # pid -> the pid and its direct children (nginx master + workers)
+    local kids
+    echo "$1"
+    kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
+    [[ -n $kids ]] && printf '%s\n' $kids
+    return 0
+}
+
+cpu_ticks() { # pids... -> utime+stime summed over them
+    local total=0 p t
+    for p in "$@"; do
+        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || continue
+        total=$((total + t))
+    done
+    echo "$total"
+}
+
+rss_kib() { # pids... -> VmRSS summed, KiB
+    local total=0 p v
+    for p in "$@"; do
+        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Measurement helpers
+
+# wrk --latency output -> "requests rps p50_ms p99_ms errors"
+parse_wrk() {
+    awk '
+        function ms(v,   n, u) {
+            n = v; u = v
+            sub(/[a-z]+$/, "", n); sub(/^[0-9.]+/, "", u)
+            if (u == "us") return n / 1000
+            if (u == "ms") return n + 0
+            if (u == "s")  return n * 1000
+            if (u == "m")  return n * 60000
+            return -1
+        }
+        /^ *50% / { p50 = ms($2) }
+        /^ *99% / { p99 = ms($2) }
+        / requests in / { reqs = $1 }
+        /^Requests\/sec:/ { rps = $2 }
+        /Non-2xx or 3xx responses:/ { err += $NF }
+        /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
+        END {
+            if (rps == "" || p50 == "" || p99 == "" || reqs == "") exit 1
+            printf "%d %.2f %.3f %.3f %d\n", reqs, rps, p50, p99, err
+        }'
+}
+
+median() { # numbers on stdin -> median
+    sort -g | awk '{ a[NR] = $1 } END {
+        if (NR == 0) { print "nan"; exit }
+        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+verify() { # name url: one POST must give 200, JSON content type and the exact body
+    local name=$1 url=$2 code body
+    code=$(curl -sS --max-time 5 -o "$TMP/verify.body" -D "$TMP/verify.headers" -w '%{http_code}' \
+        -X POST "$url" \
+        -H 'Content-Type: application/json' \
+        -H 'Accept: application/json, text/event-stream' \
+        -H "Mcp-Session-Id: $SESSION_ID" \
+        -H "MCP-Protocol-Version: $PROTOCOL_VERSION" \
+        --data-binary "$REQ_BODY") || die "$name: curl $url failed"
+    body=$(cat "$TMP/verify.body")
+    [[ $code == 200 ]] || die "$name: $url answered HTTP $code, not 200; body: $body"
+    [[ $body == "$RESP_BODY" ]] || die "$name: $url answered an unexpected body: $body"
+    grep -qi '^content-type: *application/json' "$TMP/verify.headers" ||
+        die "$name: $url answered without Content-Type application/json: $(cat "$TMP/verify.headers")"
+    log "verified $name: 200, application/json, expected body"
+}
+
+# ---------------------------------------------------------------------------------------------
+
+install_missing
+NGINX=$(find_cmd nginx) || die "nginx not found after install"
+WRK=$(find_cmd wrk) || die "wrk not found after install"
+REDIS=$(find_cmd redis-server) || die "redis-server not found after install"
+
+if [[ $SKIP_BUILD != 1 ]]; then
+    log "cargo build --release"
+    (cd "$REPO" && cargo build --release)
+fi
+[[ -x $BIN ]] || die "no release binary at $BIN"
+
+TMP=$(mktemp -d /tmp/mcp-sidecar-bench.XXXXXX)
+chmod 755 "$TMP" # nginx workers drop to an unprivileged user when started as root
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+pick_port; UP_PORT=$PORT
+pick_port; NGINX_PORT=$PORT
+pick_port; MEM_PORT=$PORT
+pick_port; MEM_ADMIN=$PORT
+pick_port; REDIS_PORT=$PORT
+pick_port; RED_PORT=$PORT
+pick_port; RED_ADMIN=$PORT
+
+# a. fast upstream: fixed JSON-RPC result, no Python in the way
+cat >"$TMP/upstream.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 1;
+pid $TMP/upstream.pid;
+error_log $TMP/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/upstream-body;
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location = /mcp {
+            default_type application/json;
+            return 200 '$RESP_BODY';
+        }
+    }
+}
+EOF
+
+# b. nginx as the reference reverse proxy
+cat >"$TMP/nginx-proxy.conf" <<EOF
+daemon off;
+master_process on;
+worker_processes 2;
+pid $TMP/nginx-proxy.pid;
+error_log $TMP/nginx-proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_timeout 65s;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/nginx-proxy-body;
+    proxy_temp_path $TMP/nginx-proxy-temp;
+    upstream mcp_upstream {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        location /mcp {
+            proxy_pass http://mcp_upstream;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+EOF
+
+sidecar_conf() { # name listen admin redis_url
+    cat <<EOF
+server:
+  listen: "127.0.0.1:$2"
+  admin_listen: "127.0.0.1:$3"
+  threads: 2
+  grace_period: 0s
+  shutdown_timeout: 1s
+  pid_file: "$TMP/$1.pid"
+  upgrade_sock: "$TMP/$1-upgrade.sock"
+redis:
+  url: "$4"
+routes:
+  - prefix: /mcp
+    upstream: "http://127.0.0.1:$UP_PORT/mcp"
+    server_name: bench
+EOF
+}
+# c. and d.: in-process store, and Redis store
+sidecar_conf sidecar-memory "$MEM_PORT" "$MEM_ADMIN" "" >"$TMP/sidecar-memory.yaml"
+sidecar_conf sidecar-redis "$RED_PORT" "$RED_ADMIN" "redis://127.0.0.1:$REDIS_PORT/0" >"$TMP/sidecar-redis.yaml"
+
+"$NGINX" -t -q -e "$TMP/upstream-error.log" -c "$TMP/upstream.conf" || die "upstream nginx config rejected"
+"$NGINX" -t -q -e "$TMP/nginx-proxy-error.log" -c "$TMP/nginx-proxy.conf" || die "nginx proxy config rejected"
+"$BIN" -t -c "$TMP/sidecar-memory.yaml" >/dev/null || die "sidecar-memory config rejected"
+"$BIN" -t -c "$TMP/sidecar-redis.yaml" >/dev/null || die "sidecar-redis config rejected"
+
+start upstream "$NGINX" -e "$TMP/upstream-error.log" -c "$TMP/upstream.conf"
+UP_PID=$START_PID
+start nginx-proxy "$NGINX" -e "$TMP/nginx-proxy-error.log" -c "$TMP/nginx-proxy.conf"
+NGINX_PID=$START_PID
+start redis "$REDIS" --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+    --daemonize no --dir "$TMP"
+REDIS_PID=$START_PID
+start sidecar-memory env RUST_LOG=warn "$BIN" -c "$TMP/sidecar-memory.yaml"
+MEM_PID=$START_PID
+wait_port upstream "$UP_PID" "$UP_PORT"
+wait_port nginx-proxy "$NGINX_PID" "$NGINX_PORT"
+wait_port redis "$REDIS_PID" "$REDIS_PORT"
+start sidecar-redis env RUST_LOG=warn "$BIN" -c "$TMP/sidecar-redis.yaml"
+RED_PID=$START_PID
+wait_port sidecar-memory "$MEM_PID" "$MEM_PORT"
+wait_port sidecar-redis "$RED_PID" "$RED_PORT"
+wait_port sidecar-memory-admin "$MEM_PID" "$MEM_ADMIN"
+wait_port sidecar-redis-admin "$RED_PID" "$RED_ADMIN"
+
+# the Redis sidecar must really be on Redis, not degraded
+ready=$(curl -sS --max-time 5 "http://127.0.0.1:$RED_ADMIN/readyz") || die "sidecar-redis /readyz failed"
+[[ $ready == *'"status":"ready"'* && $ready == *'"store":"redis"'* ]] ||
+    die "sidecar-redis is not ready on Redis: $ready"
+ready=$(curl -sS --max-time 5 "http://127.0.0.1:$MEM_ADMIN/readyz") || die "sidecar-memory /readyz failed"
+[[ $ready == *'"store":"memory"'* ]] || die "sidecar-memory is not on the memory store: $ready"
+
+TARGETS=(direct nginx sidecar-memory sidecar-redis)
+declare -A URL=(
+    [direct]="http://127.0.0.1:$UP_PORT/mcp"
+    [nginx]="http://127.0.0.1:$NGINX_PORT/mcp"
+    [sidecar-memory]="http://127.0.0.1:$MEM_PORT/mcp"
+    [sidecar-redis]="http://127.0.0.1:$RED_PORT/mcp"
+)
+declare -A LABEL=(
+    [direct]="upstream direct (no proxy)"
+    [nginx]="nginx reverse proxy"
+    [sidecar-memory]="mcp-sidecar, memory store"
+    [sidecar-redis]="mcp-sidecar, Redis store"
+)
+# whose CPU time a run of the target is charged to: the proxy (or, for direct, the upstream)
+declare -A CPU_PIDS=(
+    [direct]="$(children_of "$UP_PID" | tr '\n' ' ')"
+    [nginx]="$(children_of "$NGINX_PID" | tr '\n' ' ')"
+    [sidecar-memory]="$MEM_PID"
+    [sidecar-redis]="$RED_PID"
+)
+
+for t in "${TARGETS[@]}"; do
+    verify "$t" "${URL[$t]}"
+done
+
+RSS_IDLE_MEM=$(rss_kib "$MEM_PID")
+RSS_IDLE_RED=$(rss_kib "$RED_PID")
+RSS_IDLE_NGINX=$(rss_kib ${CPU_PIDS[nginx]})
+
+cat >"$TMP/request.lua" <<EOF
+wrk.method = "POST"
+wrk.body = '$REQ_BODY'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["Mcp-Session-Id"] = "$SESSION_ID"
+wrk.headers["MCP-Protocol-Version"] = "$PROTOCOL_VERSION"
+EOF
+
+CLK_TCK=$(getconf CLK_TCK)
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+
+run_wrk() { # target duration outfile
+    "$WRK" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/request.lua" "${URL[$1]}" >"$3" 2>&1 ||
+        die "wrk against $1 failed: $(cat "$3")"
+}
+
+for t in "${TARGETS[@]}"; do
+    log "warmup $t ($WARMUP)"
+    run_wrk "$t" "$WARMUP" "$TMP/warmup-$t.out"
+done
+
+declare -A RPS P50 P99 CPU ERR
+ROUND_ROWS=()
+for ((r = 1; r <= ROUNDS; r++)); do
+    # rotate the order each round so no target always runs first or last
+    order=()
+    for ((k = 0; k < ${#TARGETS[@]}; k++)); do
+        order+=("${TARGETS[$(((k + r - 1) % ${#TARGETS[@]}))]}")
+    done
+    declare -A this_round=()
+    for t in "${order[@]}"; do
+        out=$TMP/round$r-$t.out
+        # shellcheck disable=SC2086 # pid lists are space separated on purpose
+        before=$(cpu_ticks ${CPU_PIDS[$t]})
+        run_wrk "$t" "$DURATION" "$out"
+        # shellcheck disable=SC2086
+        after=$(cpu_ticks ${CPU_PIDS[$t]})
+        read -r reqs rps p50 p99 err < <(parse_wrk <"$out") || die "could not parse wrk output: $(cat "$out")"
+        ((reqs > 0)) || die "wrk made no requests against $t: $(cat "$out")"
+        cpu_us=$(awk -v d="$((after - before))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+        RPS[$t]+="$rps "
+        P50[$t]+="$p50 "
+        P99[$t]+="$p99 "
+        CPU[$t]+="$cpu_us "
+        ERR[$t]=$((${ERR[$t]:-0} + err))
+        this_round[$t]=$rps
+        ((err == 0)) || log "WARNING: $t had $err non-2xx responses or socket errors in round $r"
+        log "round $r/$ROUNDS $t: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} us CPU/req"
+    done
+    ROUND_ROWS+=("| $r | ${order[*]} | ${this_round[direct]} | ${this_round[nginx]} | ${this_round[sidecar-memory]} | ${this_round[sidecar-redis]} |")
+    unset this_round
+done
+
+LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+RSS_MEM=$(rss_kib "$MEM_PID")
+RSS_RED=$(rss_kib "$RED_PID")
+# shellcheck disable=SC2086
+RSS_NGINX=$(rss_kib ${CPU_PIDS[nginx]})
+
+declare -A M_RPS M_P50 M_P99 M_CPU
+for t in "${TARGETS[@]}"; do
+    M_RPS[$t]=$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)
+    M_P50[$t]=$(tr ' ' '\n' <<<"${P50[$t]}" | grep . | median)
+    M_P99[$t]=$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)
+    M_CPU[$t]=$(tr ' ' '\n' <<<"${CPU[$t]}" | grep . | median)
+done
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+met() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "met" : "NOT met") }'; }
+mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
+
+TP_MEM=$(ratio "${M_RPS[sidecar-memory]}" "${M_RPS[nginx]}")
+TP_RED=$(ratio "${M_RPS[sidecar-redis]}" "${M_RPS[nginx]}")
+LAT_MEM=$(ratio "${M_P50[sidecar-memory]}" "${M_P50[nginx]}")
+LAT_RED=$(ratio "${M_P50[sidecar-redis]}" "${M_P50[nginx]}")
+CPU_MEM=$(ratio "${M_CPU[sidecar-memory]}" "${M_CPU[nginx]}")
+CPU_RED=$(ratio "${M_CPU[sidecar-redis]}" "${M_CPU[nginx]}")
+
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    COMMIT+=" (with uncommitted changes in src/ or Cargo files)"
+fi
+CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+
+REPORT=$(
+    cat <<EOF
+# mcp-sidecar benchmark
+
+- Date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- Commit: $COMMIT
+- Machine: $(nproc) cores (nproc), ${CPU_MODEL:-unknown CPU}, Linux $(uname -r); load average before $LOAD_BEFORE, after $LOAD_AFTER
+- Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$WRK" -v 2>&1 | head -n1 | awk '{print $1, $2}'), Redis $("$REDIS" --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
+- Load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, POST tools/call (${#REQ_BODY} bytes) with Mcp-Session-Id; $WARMUP warmup per target, then $ROUNDS rounds, order rotated each round
+- Upstream: nginx, 1 worker, fixed ${#RESP_BODY}-byte JSON-RPC result; all processes on 127.0.0.1, sharing the same cores as wrk
+
+## Medians over $ROUNDS rounds
+
+| Target | req/s | p50 ms | p99 ms | CPU µs/request | errors |
+|---|---:|---:|---:|---:|---:|
+EOF
+    for t in "${TARGETS[@]}"; do
+        printf '| %s | %.0f | %.3f | %.3f | %.1f | %d |\n' "${LABEL[$t]}" "${M_RPS[$t]}" "${M_P50[$t]}" \
+            "${M_P99[$t]}" "${M_CPU[$t]}" "${ERR[$t]:-0}"
+    done
+    cat <<EOF
+
+CPU µs/request is the CPU time of the proxy's own processes during a run divided by the requests
+wrk completed (for the direct row: the upstream's). errors = non-2xx responses plus socket errors.
+
+## mcp-sidecar against nginx (medians)
+
+| Store | throughput ratio (sidecar / nginx) | p50 ratio (sidecar / nginx) | CPU per request ratio | target: throughput ≥ 0.9 × nginx |
+|---|---:|---:|---:|---|
+| memory | $TP_MEM | $LAT_MEM | $CPU_MEM | $(met "$TP_MEM") |
+| Redis | $TP_RED | $LAT_RED | $CPU_RED | $(met "$TP_RED") |
+
+## req/s per round
+
+| Round | order | direct | nginx | sidecar-memory | sidecar-redis |
+|---:|---|---:|---:|---:|---:|
+$(printf '%s\n' "${ROUND_ROWS[@]}")
+
+## Resident memory (VmRSS)
+
+| Process | idle, after startup | after the runs |
+|---|---:|---:|
+| mcp-sidecar, memory store | $(mib "$RSS_IDLE_MEM") MiB | $(mib "$RSS_MEM") MiB |
+| mcp-sidecar, Redis store | $(mib "$RSS_IDLE_RED") MiB | $(mib "$RSS_RED") MiB |
+| nginx proxy (master + 2 workers) | $(mib "$RSS_IDLE_NGINX") MiB | $(mib "$RSS_NGINX") MiB |
+EOF
+)
+
+mkdir -p "$RESULTS_DIR"
+printf '%s\n' "$REPORT" >"$RESULTS_DIR/latest.md"
+printf '\n%s\n\n' "$REPORT"
+log "written to $RESULTS_DIR/latest.md"

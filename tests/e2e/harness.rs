@@ -1,0 +1,546 @@
+//! Real processes on loopback for the end-to-end tests: redis-server, FastMCP and
+//! server-everything upstreams, the sidecar binary, and the official Python and TypeScript
+//! clients. Every process gets free ports, logs to a file under the test's own directory
+//! (kept in target/tmp for post-mortems), and is killed when its handle drops.
+
+#![allow(dead_code)] // each test module uses a different part of the harness
+
+use std::fs;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn peers() -> PathBuf {
+    repo().join("tests/peers")
+}
+
+/// A fresh directory for one test's configs and logs.
+pub fn test_dir(name: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "e2e-{name}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn require(path: PathBuf, what: &str) -> PathBuf {
+    assert!(
+        path.exists(),
+        "{what} not found at {}; run scripts/test.sh, which installs the test peers",
+        path.display()
+    );
+    path
+}
+
+pub fn python() -> PathBuf {
+    require(peers().join(".venv/bin/python"), "the test Python venv")
+}
+
+pub fn node() -> PathBuf {
+    // scripts/test.sh puts a suitable node first on PATH (or sets NODE)
+    std::env::var_os("NODE").map_or_else(|| PathBuf::from("node"), PathBuf::from)
+}
+
+/// A port nobody listens on right now, never handed out twice in this test process. Ports come
+/// from below Linux's ephemeral range so client connections cannot take them meanwhile.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = 20_000 + (std::process::id() * 97) % 10_000;
+    loop {
+        let port = (base + NEXT.fetch_add(1, Ordering::Relaxed) % 12_000) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A child process that is killed when dropped.
+pub struct Proc {
+    child: Option<Child>,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(dir: &Path, name: &str, mut cmd: Command) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name} ({cmd:?}): {e}"));
+        Proc {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |c| c.id())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Panics with the log when the process has exited.
+    fn assert_running(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                panic!("{} exited with {status}:\n{}", self.name, self.log_text());
+            }
+        }
+    }
+
+    /// Waits until `port` accepts connections.
+    pub fn wait_port(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            self.assert_running();
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not listen on {port} within 30s:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the log contains `needle` (lines are written after the response is sent,
+    /// so a client can finish before its access line exists).
+    pub fn wait_log(&self, needle: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !self.log_text().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "{} never logged {needle:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// redis-server on its own port, with no persistence, so tests can kill it.
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start(dir: &Path) -> Redis {
+        Self::start_on(dir, free_port())
+    }
+
+    pub fn start_on(dir: &Path, port: u16) -> Redis {
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir);
+        let mut proc = Proc::spawn(dir, &format!("redis-{port}"), cmd);
+        proc.wait_port(port);
+        Redis { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    StreamableHttp,
+    Sse,
+}
+
+/// A FastMCP server (tests/peers/fastmcp_server.py).
+pub struct FastMcp {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl FastMcp {
+    pub fn start(dir: &Path, transport: Transport) -> FastMcp {
+        let port = free_port();
+        let mut cmd = Command::new(python());
+        cmd.arg(peers().join("fastmcp_server.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--name", &format!("fastmcp-{port}")])
+            .args([
+                "--transport",
+                match transport {
+                    Transport::StreamableHttp => "streamable-http",
+                    Transport::Sse => "sse",
+                },
+            ]);
+        let mut proc = Proc::spawn(dir, &format!("fastmcp-{port}"), cmd);
+        proc.wait_port(port);
+        FastMcp { proc, port }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// `@modelcontextprotocol/server-everything` from npm.
+pub struct Everything {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Everything {
+    pub fn start(dir: &Path, transport: Transport) -> Everything {
+        let port = free_port();
+        let script = require(
+            peers().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+            "server-everything",
+        );
+        let mut cmd = Command::new(node());
+        cmd.arg(script)
+            .arg(match transport {
+                Transport::StreamableHttp => "streamableHttp",
+                Transport::Sse => "sse",
+            })
+            .env("PORT", port.to_string());
+        let mut proc = Proc::spawn(dir, &format!("everything-{port}"), cmd);
+        proc.wait_port(port);
+        Everything { proc, port }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+/// The sidecar binary under test.
+pub struct Sidecar {
+    pub proc: Proc,
+    pub port: u16,
+    pub admin_port: u16,
+    pub config: PathBuf,
+}
+
+impl Sidecar {
+    /// Starts the sidecar with `body` (routes and any other sections) below a generated
+    /// `server:` section on free ports.
+    pub fn start(dir: &Path, body: &str) -> Sidecar {
+        let port = free_port();
+        let admin_port = free_port();
+        let config = dir.join(format!("sidecar-{port}.yaml"));
+        fs::write(
+            &config,
+            format!(
+                "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 2\n  grace_period: 0s\n  shutdown_timeout: 1s\n  pid_file: {dir}/sidecar-{port}.pid\n  upgrade_sock: {dir}/sidecar-{port}.sock\n{body}",
+                dir = dir.display()
+            ),
+        )
+        .unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"));
+        cmd.arg("-c").arg(&config).env("RUST_LOG", "info");
+        let mut proc = Proc::spawn(dir, &format!("sidecar-{port}"), cmd);
+        proc.wait_port(admin_port);
+        proc.wait_port(port);
+        Sidecar {
+            proc,
+            port,
+            admin_port,
+            config,
+        }
+    }
+
+    /// One route in YAML, for `start`'s body.
+    pub fn route(prefix: &str, upstream: &str, server_name: &str) -> String {
+        format!("  - {{prefix: '{prefix}', upstream: '{upstream}', server_name: {server_name}}}\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+
+    pub fn log(&self) -> String {
+        self.proc.log_text()
+    }
+
+    pub fn wait_log(&self, needle: &str) {
+        self.proc.wait_log(needle)
+    }
+}
+
+/// Runs a client script to completion and returns the JSON it printed.
+fn run_client(mut cmd: Command, what: &str) -> serde_json::Value {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap_or_else(|_| {
+        panic!(
+            "{what} printed no JSON (status {}):\nstdout: {stdout}\nstderr: {stderr}",
+            out.status
+        )
+    });
+    assert!(
+        out.status.success() && v.get("error").is_none(),
+        "{what} failed (status {}): {v}\nstderr: {stderr}",
+        out.status
+    );
+    v
+}
+
+/// The official Python client (tests/peers/py_client.py).
+pub fn python_client(url: &str, transport: Transport, extra: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers().join("py_client.py"))
+        .args(["--url", url])
+        .args([
+            "--transport",
+            match transport {
+                Transport::StreamableHttp => "streamable-http",
+                Transport::Sse => "sse",
+            },
+        ])
+        .args(extra);
+    run_client(cmd, "python MCP client")
+}
+
+/// The official TypeScript client (tests/peers/ts_client.mjs).
+pub fn ts_client(url: &str, transport: Transport) -> serde_json::Value {
+    let mut cmd = Command::new(node());
+    cmd.arg(peers().join("ts_client.mjs"))
+        .arg(url)
+        .arg(match transport {
+            Transport::StreamableHttp => "streamable",
+            Transport::Sse => "sse",
+        });
+    run_client(cmd, "typescript MCP client")
+}
+
+/// Headers every Streamable HTTP POST carries.
+pub fn mcp_post(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+}
+
+pub const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw-test","version":"1"}}}"#;
+pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+/// Opens a Streamable HTTP session with raw requests; returns its id.
+pub async fn open_session(client: &reqwest::Client, url: &str) -> String {
+    let resp = mcp_post(client, url).body(INITIALIZE).send().await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "initialize failed: {:?}",
+        resp.text().await
+    );
+    let sid = resp
+        .headers()
+        .get("mcp-session-id")
+        .expect("initialize response carries Mcp-Session-Id")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = resp.bytes().await.unwrap();
+    let resp = mcp_post(client, url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(INITIALIZED)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    sid
+}
+
+/// The JSON-RPC messages in an SSE or JSON response body.
+pub fn messages(body: &str) -> Vec<serde_json::Value> {
+    if body.trim_start().starts_with('{') {
+        return vec![serde_json::from_str(body).unwrap()];
+    }
+    body.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .collect()
+}
+
+/// Calls a tool over raw HTTP and returns the text of its first content item.
+pub async fn call_tool(
+    client: &reqwest::Client,
+    url: &str,
+    sid: &str,
+    name: &str,
+    args: serde_json::Value,
+) -> String {
+    let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":name,"arguments":args}});
+    let resp = mcp_post(client, url)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    let msgs = messages(&text);
+    let result = msgs
+        .iter()
+        .find(|m| m.get("result").is_some())
+        .unwrap_or_else(|| panic!("no result in {text}"));
+    result["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Waits until a metric reaches `expected` (requests are counted after their response is sent).
+pub async fn wait_metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)], expected: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric(sidecar, name, labels).await;
+        if v == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name}{labels:?} is {v}, expected {expected}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Scrapes one sample from the sidecar's metrics: the sum of all series of `name` whose labels
+/// include every `label="value"` pair given.
+pub async fn metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = reqwest::get(sidecar.admin("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// One server-sent event, stamped with its arrival time (Unix seconds).
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub event: String,
+    pub data: String,
+    pub arrived: f64,
+}
+
+pub fn unix_time() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// Reads an SSE response event by event as the bytes arrive. Comments (`: ping`) are skipped.
+pub struct SseReader {
+    stream:
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    buf: String,
+}
+
+impl SseReader {
+    pub fn new(resp: reqwest::Response) -> SseReader {
+        SseReader {
+            stream: Box::pin(resp.bytes_stream()),
+            buf: String::new(),
+        }
+    }
+
+    /// The next event, or `None` when the stream ends.
+    pub async fn next(&mut self) -> Option<Event> {
+        use futures_util::StreamExt;
+        loop {
+            while let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = Event {
+                    event: "message".into(),
+                    data: String::new(),
+                    arrived: unix_time(),
+                };
+                let mut has_data = false;
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        ev.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        if has_data {
+                            ev.data.push('\n');
+                        }
+                        ev.data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        has_data = true;
+                    }
+                }
+                if has_data {
+                    return Some(ev);
+                }
+            }
+            let chunk = self.stream.next().await?.ok()?;
+            // SSE allows CRLF line ends; data lines never carry a raw CR
+            self.buf
+                .push_str(&String::from_utf8_lossy(&chunk).replace('\r', ""));
+        }
+    }
+
+    /// The next event whose data parses as JSON.
+    pub async fn next_json(&mut self) -> Option<(serde_json::Value, f64)> {
+        loop {
+            let ev = self.next().await?;
+            if let Ok(v) = serde_json::from_str(&ev.data) {
+                return Some((v, ev.arrived));
+            }
+        }
+    }
+}

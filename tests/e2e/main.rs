@@ -1,0 +1,11 @@
+//! End-to-end tests: real MCP servers and clients, real Redis, the real sidecar binary, all on
+//! loopback. One test binary so that cargo runs every test in parallel.
+
+mod harness;
+
+mod clients;
+mod config_check;
+mod edges;
+mod redis_mode;
+mod store_redis;
+mod streaming;

@@ -1,0 +1,155 @@
+//! The Redis session store against a real redis-server: schema, TTLs, outage and reconnect.
+
+use crate::harness::*;
+use mcp_sidecar::store::{keys, RedisStore, SessionRecord, SessionStore};
+use std::time::{Duration, Instant};
+
+fn record(id: &str) -> SessionRecord {
+    SessionRecord {
+        session_id: id.into(),
+        upstream_session_id: format!("up-{id}"),
+        owner: "10.0.0.7:8080".into(),
+        server_name: "github".into(),
+        user: Some("u-42".into()),
+        protocol_version: Some("2025-06-18".into()),
+        init_params: Some(r#"{"protocolVersion":"2025-06-18","capabilities":{}}"#.into()),
+        created_at: 1_700_000_000,
+        last_seen: 1_700_000_000,
+    }
+}
+
+fn store(redis: &Redis) -> RedisStore {
+    RedisStore::new(
+        &redis.url(),
+        Duration::from_millis(300),
+        Duration::from_millis(300),
+    )
+    .unwrap()
+}
+
+async fn raw(redis: &Redis) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_round_trip_under_the_prefix_with_a_ttl() {
+    let dir = test_dir("store-roundtrip");
+    let redis = Redis::start(&dir);
+    let s = store(&redis);
+    s.ping().await.unwrap();
+    s.save_session(&record("abc"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(s.load_session("abc").await.unwrap(), Some(record("abc")));
+
+    let mut c = raw(&redis).await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(all, vec![keys::session("abc")]);
+    assert!(all.iter().all(|k| k.starts_with(keys::PREFIX)));
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(&all[0])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(pttl > 55_000 && pttl <= 60_000, "{pttl}");
+    // readable with redis-cli HGETALL
+    let owner: String = redis::cmd("HGET")
+        .arg(&all[0])
+        .arg("owner")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(owner, "10.0.0.7:8080");
+
+    assert!(s
+        .touch_session("abc", 1_800_000_000, Duration::from_secs(600))
+        .await
+        .unwrap());
+    let r = s.load_session("abc").await.unwrap().unwrap();
+    assert_eq!(r.last_seen, 1_800_000_000);
+    let ttl = s.session_ttl("abc").await.unwrap().unwrap();
+    assert!(ttl > Duration::from_secs(590), "{ttl:?}");
+
+    // touching an unknown session must not create a record without TTL
+    assert!(!s
+        .touch_session("ghost", 1, Duration::from_secs(60))
+        .await
+        .unwrap());
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(keys::session("ghost"))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+
+    // saving again replaces every field (no stale optional fields survive)
+    let mut anon = record("abc");
+    anon.user = None;
+    s.save_session(&anon, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(s.load_session("abc").await.unwrap().unwrap().user, None);
+
+    assert!(s.delete_session("abc").await.unwrap());
+    assert!(!s.delete_session("abc").await.unwrap());
+    assert_eq!(s.load_session("abc").await.unwrap(), None);
+    assert_eq!(s.session_ttl("abc").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_expire_in_redis() {
+    let dir = test_dir("store-expiry");
+    let redis = Redis::start(&dir);
+    let s = store(&redis);
+    s.save_session(&record("short"), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert!(s.load_session("short").await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.load_session("short").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_outage_fails_fast_and_the_store_reconnects_by_itself() {
+    let dir = test_dir("store-outage");
+    let mut redis = Redis::start(&dir);
+    let port = redis.port;
+    let s = store(&redis);
+    s.save_session(&record("a"), Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    redis.proc.kill();
+    for _ in 0..3 {
+        // bounded by the command timeout: an error, not a hang
+        let r = tokio::time::timeout(Duration::from_secs(5), s.load_session("a"))
+            .await
+            .expect("a store call hung while Redis was down");
+        assert!(r.is_err(), "{r:?}");
+        assert!(tokio::time::timeout(Duration::from_secs(5), s.ping())
+            .await
+            .unwrap()
+            .is_err());
+    }
+
+    let _redis = Redis::start_on(&dir, port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while s.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "the store never reconnected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // a restarted, empty Redis: the old record is gone, new ones work
+    assert_eq!(s.load_session("a").await.unwrap(), None);
+    s.save_session(&record("b"), Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(s.load_session("b").await.unwrap().is_some());
+}

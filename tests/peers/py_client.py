@@ -1,0 +1,60 @@
+"""The official Python MCP client, driven through the sidecar by the integration tests.
+
+Run: python py_client.py --url URL --transport streamable-http|sse [--calls N]
+Prints one JSON object describing what the client saw; exits non-zero on any failure.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+
+from mcp import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamablehttp_client
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--url", required=True)
+parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
+parser.add_argument("--calls", type=int, default=1, help="how many add() calls to make")
+parser.add_argument("--header", action="append", default=[], help="NAME=VALUE sent on every request")
+args = parser.parse_args()
+headers = dict(h.split("=", 1) for h in args.header)
+
+
+async def scenario(session: ClientSession) -> dict:
+    init = await session.initialize()
+    tools = await session.list_tools()
+    results = []
+    for i in range(args.calls):
+        r = await session.call_tool("add", {"a": i, "b": 1})
+        if r.isError:
+            raise RuntimeError(f"add call {i} failed: {r.content}")
+        results.append(int(r.content[0].text))
+    echo = await session.call_tool("echo", {"text": "héllo ✓"})
+    return {
+        "server": init.serverInfo.name,
+        "protocol_version": init.protocolVersion,
+        "tools": sorted(t.name for t in tools.tools),
+        "add_results": results,
+        "echo": echo.content[0].text,
+    }
+
+
+async def main() -> dict:
+    if args.transport == "sse":
+        async with sse_client(args.url, headers=headers) as (read, write):
+            async with ClientSession(read, write) as session:
+                return await scenario(session)
+    async with streamablehttp_client(args.url, headers=headers) as (read, write, get_session_id):
+        async with ClientSession(read, write) as session:
+            out = await scenario(session)
+            out["session_id"] = get_session_id()
+            return out
+
+
+try:
+    print(json.dumps(asyncio.run(asyncio.wait_for(main(), timeout=60))))
+except BaseException as e:  # report, including ExceptionGroups from anyio task groups
+    print(json.dumps({"error": repr(e)}))
+    sys.exit(1)
