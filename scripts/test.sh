@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests and the end-to-end suite against real redis-server, FastMCP,
+# server-everything and the official Python and TypeScript MCP clients, all on loopback.
+# Installs what it needs on a fresh Debian machine that has only the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/lib.sh
+
+need_cmd cmake cmake               # pingora-core -> zlib-ng
+need_cmd redis-server redis-server
+python_venv tests/peers/.venv tests/peers/requirements.txt
+node_peers tests/peers
+
+# the end-to-end tests mostly wait on sockets: run more of them than there are cores
+cargo test --all-targets -- --test-threads "${TEST_THREADS:-8}" "$@"
