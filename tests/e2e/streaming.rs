@@ -239,3 +239,42 @@ async fn non_json_bodies_pass_through_byte_for_byte() {
     assert_eq!(echo["headers"]["content-type"], "text/plain");
     sidecar.wait_log("path=/echo route=fastmcp rpc=non_json status=200");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_of_every_size_and_framing_arrive_intact() {
+    let dir = test_dir("body-sizes");
+    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
+    let sidecar = root_route(&dir, &upstream);
+    let client = reqwest::Client::new();
+    // under and over the 64 KiB read-ahead, with Content-Length and chunked
+    for size in [10, 60 * 1024, 200 * 1024] {
+        let text: String = (0..size).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let body = json!({"jsonrpc":"2.0","id":size,"method":"tools/call",
+            "params":{"name":"echo","arguments":{"text":text}}})
+        .to_string();
+        for chunked in [false, true] {
+            let req = mcp_post(&client, &sidecar.url("/echo"));
+            let req = if chunked {
+                let parts: Vec<Result<Vec<u8>, std::io::Error>> = body
+                    .as_bytes()
+                    .chunks(7000)
+                    .map(|c| Ok(c.to_vec()))
+                    .collect();
+                req.body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    parts,
+                )))
+            } else {
+                req.body(body.clone())
+            };
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status(), 200, "size {size} chunked {chunked}");
+            let echo: serde_json::Value = resp.json().await.unwrap();
+            assert_eq!(
+                echo["body"].as_str().unwrap(),
+                body,
+                "size {size} chunked {chunked}"
+            );
+        }
+    }
+    sidecar.wait_log("path=/echo route=fastmcp rpc=tools/call status=200");
+}
