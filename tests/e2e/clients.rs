@@ -5,19 +5,15 @@ use crate::harness::*;
 
 #[test]
 fn python_client_over_streamable_http_with_a_rewritten_prefix() {
-    let dir = test_dir("py-streamable");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = Sidecar::start(
-        &dir,
-        &format!(
-            "routes:\n{}",
-            Sidecar::route(
-                "/team/tools",
-                &format!("{}/mcp", upstream.base()),
-                "fastmcp"
-            )
-        ),
+    let pod = Pod::start(
+        "py-streamable",
+        Transport::StreamableHttp,
+        "/team/tools",
+        "/mcp",
+        "fastmcp",
+        "",
     );
+    let sidecar = &pod.sidecar;
     let out = python_client(
         &sidecar.url("/team/tools"),
         Transport::StreamableHttp,
@@ -35,15 +31,8 @@ fn python_client_over_streamable_http_with_a_rewritten_prefix() {
 
 #[test]
 fn python_client_over_legacy_sse() {
-    let dir = test_dir("py-sse");
-    let upstream = FastMcp::start(&dir, Transport::Sse);
-    let sidecar = Sidecar::start(
-        &dir,
-        &format!(
-            "routes:\n{}",
-            Sidecar::route("/", &upstream.base(), "legacy")
-        ),
-    );
+    let pod = Pod::start("py-sse", Transport::Sse, "/", "", "legacy", "");
+    let sidecar = &pod.sidecar;
     let out = python_client(&sidecar.url("/sse"), Transport::Sse, &["--calls", "3"]);
     assert_eq!(out["add_results"], serde_json::json!([1, 2, 3]));
     assert_eq!(out["echo"], "héllo ✓");

@@ -125,15 +125,15 @@ async fn unreachable_upstream_gets_502_with_the_request_id_echoed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn unknown_routes_and_bad_session_ids_are_refused() {
-    let dir = test_dir("refusals");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = Sidecar::start(
-        &dir,
-        &format!(
-            "routes:\n{}",
-            Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "fastmcp")
-        ),
+    let pod = Pod::start(
+        "refusals",
+        Transport::StreamableHttp,
+        "/mcp",
+        "/mcp",
+        "fastmcp",
+        "",
     );
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let resp = mcp_post(&client, &sidecar.url("/other"))
         .body(INITIALIZE)
@@ -162,7 +162,7 @@ async fn unknown_routes_and_bad_session_ids_are_refused() {
         .unwrap();
     assert!(resp.status().is_client_error());
     wait_metric(
-        &sidecar,
+        sidecar,
         "mcp_sidecar_requests_total",
         &[("method", "invalid")],
         1.0,
@@ -172,15 +172,15 @@ async fn unknown_routes_and_bad_session_ids_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cors_preflight_and_exposed_session_header() {
-    let dir = test_dir("cors");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = Sidecar::start(
-        &dir,
-        &format!(
-            "cors: {{allow_origins: ['http://app.test']}}\nroutes:\n{}",
-            Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "fastmcp")
-        ),
+    let pod = Pod::start(
+        "cors",
+        Transport::StreamableHttp,
+        "/mcp",
+        "/mcp",
+        "fastmcp",
+        "cors: {allow_origins: ['http://app.test']}\n",
     );
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let pre = client
         .request(reqwest::Method::OPTIONS, sidecar.url("/mcp"))
@@ -237,15 +237,15 @@ async fn cors_preflight_and_exposed_session_header() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_and_access_log_name_route_method_and_status_but_no_query() {
-    let dir = test_dir("observability");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = Sidecar::start(
-        &dir,
-        &format!(
-            "routes:\n{}",
-            Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "demo")
-        ),
+    let pod = Pod::start(
+        "observability",
+        Transport::StreamableHttp,
+        "/mcp",
+        "/mcp",
+        "demo",
+        "",
     );
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let secret = format!("mcphub_{}", "ab".repeat(32));
     let url = sidecar.url(&format!("/mcp?key={secret}"));
@@ -260,7 +260,7 @@ async fn metrics_and_access_log_name_route_method_and_status_but_no_query() {
     .await;
     assert_eq!(sum, "5");
     wait_metric(
-        &sidecar,
+        sidecar,
         "mcp_sidecar_requests_total",
         &[
             ("route", "demo"),
@@ -271,14 +271,14 @@ async fn metrics_and_access_log_name_route_method_and_status_but_no_query() {
     )
     .await;
     wait_metric(
-        &sidecar,
+        sidecar,
         "mcp_sidecar_request_duration_seconds_count",
         &[("method", "initialize")],
         1.0,
     )
     .await;
     let backend = metric(
-        &sidecar,
+        sidecar,
         "mcp_sidecar_store_backend",
         &[("backend", "memory")],
     )

@@ -544,3 +544,39 @@ impl SseReader {
         }
     }
 }
+
+/// One "pod": a FastMCP server and a sidecar in front of it, in the test's own directory.
+pub struct Pod {
+    pub dir: PathBuf,
+    pub upstream: FastMcp,
+    pub sidecar: Sidecar,
+}
+
+impl Pod {
+    /// FastMCP behind a sidecar with one route, `prefix` → the server's `path`, named `server`.
+    /// `extra` is YAML for the sidecar above its `routes:`.
+    pub fn start(
+        name: &str,
+        transport: Transport,
+        prefix: &str,
+        path: &str,
+        server: &str,
+        extra: &str,
+    ) -> Pod {
+        let dir = test_dir(name);
+        let upstream = FastMcp::start(&dir, transport);
+        let route = Sidecar::route(prefix, &format!("{}{path}", upstream.base()), server);
+        let sidecar = Sidecar::start(&dir, &format!("{extra}routes:\n{route}"));
+        Pod {
+            dir,
+            upstream,
+            sidecar,
+        }
+    }
+
+    /// A Streamable HTTP FastMCP mounted at the root (`/mcp`, `/echo`, `/silent` all reachable),
+    /// route named `fastmcp`.
+    pub fn root(name: &str) -> Pod {
+        Self::start(name, Transport::StreamableHttp, "/", "", "fastmcp", "")
+    }
+}

@@ -28,15 +28,15 @@ async fn wait_ready_status(sidecar: &Sidecar, status: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn memory_mode_is_announced_and_serves_mcp() {
-    let dir = test_dir("memory-mode");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = Sidecar::start(
-        &dir,
-        &format!(
-            "routes:\n{}",
-            Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "demo")
-        ),
+    let pod = Pod::start(
+        "memory-mode",
+        Transport::StreamableHttp,
+        "/mcp",
+        "/mcp",
+        "demo",
+        "",
     );
+    let sidecar = &pod.sidecar;
     assert!(
         sidecar
             .log()
@@ -44,7 +44,7 @@ async fn memory_mode_is_announced_and_serves_mcp() {
         "{}",
         sidecar.log()
     );
-    let v = readyz(&sidecar).await;
+    let v = readyz(sidecar).await;
     assert_eq!(v["status"], "ready");
     assert_eq!(v["store"], "memory");
     let out = python_client(&sidecar.url("/mcp"), Transport::StreamableHttp, &[]);

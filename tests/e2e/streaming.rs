@@ -5,21 +5,10 @@ use crate::harness::*;
 use serde_json::json;
 use std::time::Duration;
 
-fn root_route(dir: &std::path::Path, upstream: &FastMcp) -> Sidecar {
-    Sidecar::start(
-        dir,
-        &format!(
-            "routes:\n{}",
-            Sidecar::route("/", &upstream.base(), "fastmcp")
-        ),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn sse_events_reach_the_client_as_the_server_emits_them() {
-    let dir = test_dir("sse-timing");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("sse-timing");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let url = sidecar.url("/mcp");
     let sid = open_session(&client, &url).await;
@@ -67,9 +56,8 @@ async fn sse_events_reach_the_client_as_the_server_emits_them() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_streams_stay_open_past_sixty_seconds() {
-    let dir = test_dir("idle-stream");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("idle-stream");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
 
     // a stream with no byte at all for 65 s
@@ -116,9 +104,8 @@ async fn idle_streams_stay_open_past_sixty_seconds() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn delete_reaches_the_upstream() {
-    let dir = test_dir("delete");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("delete");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let url = sidecar.url("/mcp");
     let sid = open_session(&client, &url).await;
@@ -143,9 +130,8 @@ async fn delete_reaches_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn protocol_headers_reach_the_upstream_untouched() {
-    let dir = test_dir("headers");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("headers");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let url = sidecar.url("/mcp");
     let sid = open_session(&client, &url).await;
@@ -169,7 +155,7 @@ async fn protocol_headers_reach_the_upstream_untouched() {
     assert_eq!(seen["mcp-protocol-version"], "2025-06-18");
     assert_eq!(seen["mcp-session-id"], sid.as_str());
     assert_eq!(seen["x-request-id"], "req-from-client-1");
-    assert_eq!(seen["host"], format!("127.0.0.1:{}", upstream.port));
+    assert_eq!(seen["host"], format!("127.0.0.1:{}", pod.upstream.port));
 
     // Last-Event-ID on a GET, and a request id generated when the client sent none
     let resp = client
@@ -190,12 +176,11 @@ async fn protocol_headers_reach_the_upstream_untouched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_host_is_rewritten_for_the_upstream() {
-    let dir = test_dir("host");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("host");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     // FastMCP refuses a Host it does not serve (DNS-rebinding protection)...
-    let direct = mcp_post(&client, &format!("{}/mcp", upstream.base()))
+    let direct = mcp_post(&client, &format!("{}/mcp", pod.upstream.base()))
         .header("host", "mcp.example.com")
         .body(INITIALIZE)
         .send()
@@ -214,9 +199,8 @@ async fn foreign_host_is_rewritten_for_the_upstream() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn non_json_bodies_pass_through_byte_for_byte() {
-    let dir = test_dir("non-json");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("non-json");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     let body = "plain text, {not json} ünïcode\n\ttabs";
     let resp = client
@@ -242,9 +226,8 @@ async fn non_json_bodies_pass_through_byte_for_byte() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_of_every_size_and_framing_arrive_intact() {
-    let dir = test_dir("body-sizes");
-    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
-    let sidecar = root_route(&dir, &upstream);
+    let pod = Pod::root("body-sizes");
+    let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     // under and over the 64 KiB read-ahead, with Content-Length and chunked
     for size in [10, 60 * 1024, 200 * 1024] {
