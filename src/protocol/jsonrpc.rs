@@ -240,3 +240,88 @@ mod tests {
         assert!(v["id"].is_null());
     }
 }
+
+/// Arbitrary and mutated network bytes: the envelope reader must answer, never panic.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    const SEEDS: &[&[u8]] = &[
+        br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{}}}"#,
+        br#"[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","method":"n"}]"#,
+        br#"{"jsonrpc":"2.0","id":null,"result":{"content":[{"type":"text","text":"\u00e9"}]}}"#,
+        br#"{"method":"\ud83d\ude00","id":1e400}"#,
+    ];
+    const TOKENS: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b"\"",
+        b"\\",
+        b":",
+        b",",
+        b"null",
+        b"\xff",
+        b"\x00",
+        b"\"method\"",
+        b"\"id\"",
+    ];
+
+    #[test]
+    fn never_panics_on_mutated_messages() {
+        let mut rng = Rng(0x5eed_cafe_f00d_d00d);
+        for round in 0..20_000 {
+            let mut input = SEEDS[round % SEEDS.len()].to_vec();
+            for _ in 0..=rng.below(4) {
+                let pos = rng.below(input.len() + 1);
+                match rng.below(3) {
+                    0 if !input.is_empty() => {
+                        let end = (pos + rng.below(8)).min(input.len());
+                        input.drain(pos.min(end)..end);
+                    }
+                    1 => {
+                        let t = TOKENS[rng.below(TOKENS.len())];
+                        input.splice(pos..pos, t.iter().copied());
+                    }
+                    _ => {
+                        let b = rng.next() as u8;
+                        input.insert(pos, b);
+                    }
+                }
+            }
+            let _ = Envelope::parse(&input);
+        }
+    }
+
+    #[test]
+    fn never_panics_on_random_bytes() {
+        let mut rng = Rng(42);
+        for _ in 0..20_000 {
+            let len = rng.below(64);
+            let input: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = Envelope::parse(&input);
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_overflowed() {
+        let mut deep = b"{\"id\":1,\"method\":\"x\",\"params\":".to_vec();
+        deep.extend(std::iter::repeat_n(b'[', 100_000));
+        assert!(Envelope::parse(&deep).is_err());
+    }
+}
