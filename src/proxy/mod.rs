@@ -111,6 +111,11 @@ fn too_large(limit: usize) -> Refusal {
     )
 }
 
+/// The error that makes `fail_to_proxy` answer 413.
+fn body_over_limit<T>() -> Result<T> {
+    Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
+}
+
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]> {
     req.headers.get(name).map(|v| v.as_bytes())
 }
@@ -149,14 +154,12 @@ impl Sidecar {
         while let Some(chunk) = session.read_request_body().await? {
             if body.push(Some(chunk), false, self.max_body) == BodyProgress::TooLarge {
                 // more bytes than Content-Length announced
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit");
+                return body_over_limit();
             }
         }
         match body.push(None, true, self.max_body) {
             BodyProgress::Complete(full) => ctx.complete_body(&full),
-            _ => {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
-            }
+            _ => return body_over_limit(),
         }
         Ok(())
     }
@@ -262,9 +265,7 @@ impl ProxyHttp for Sidecar {
         }
         match ctx.body.push(body.take(), end_of_stream, self.max_body) {
             BodyProgress::Pending => *body = Some(Bytes::new()),
-            BodyProgress::TooLarge => {
-                return Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
-            }
+            BodyProgress::TooLarge => return body_over_limit(),
             BodyProgress::Complete(full) => {
                 ctx.complete_body(&full);
                 *body = Some(full);
@@ -361,6 +362,9 @@ impl ProxyHttp for Sidecar {
             .latency
             .with_label_values(&[route, ctx.rpc_label])
             .observe(elapsed.as_secs_f64());
+        if !log::log_enabled!(target: "access", log::Level::Info) {
+            return;
+        }
         let req = session.req_header();
         let client = session
             .client_addr()
