@@ -110,11 +110,19 @@ install_missing() {
 
 USED_PORTS=" "
 PORT=""
+# Listen ports come from outside the kernel's ephemeral range: a port from inside it can be taken
+# as the source port of some outgoing connection (wrk's, a proxy's) between the check and the bind.
+read -r EPH_LO EPH_HI </proc/sys/net/ipv4/ip_local_port_range || { EPH_LO=32768 EPH_HI=60999; }
+if ((EPH_LO > 12000)); then
+    PORT_BASE=10000 PORT_SPAN=$((EPH_LO - 10000))
+else
+    PORT_BASE=$((EPH_HI + 1)) PORT_SPAN=$((65535 - EPH_HI))
+fi
 port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
 pick_port() { # sets PORT
     local p i
     for ((i = 0; i < 500; i++)); do
-        p=$((20000 + RANDOM % 40000))
+        p=$((PORT_BASE + (RANDOM * 32768 + RANDOM) % PORT_SPAN))
         [[ $USED_PORTS == *" $p "* ]] && continue
         if ! port_in_use "$p"; then
             USED_PORTS+="$p "
@@ -232,6 +240,14 @@ if [[ $SKIP_BUILD != 1 ]]; then
     (cd "$REPO" && cargo build --release)
 fi
 [[ -x $BIN ]] || die "no release binary at $BIN"
+# what is measured: the commit at build time, and whether the binary may differ from it
+COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
+    COMMIT+=" + uncommitted changes in src/ or Cargo files"
+fi
+if [[ -n $(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null) ]]; then
+    COMMIT+=" (WARNING: sources are newer than the binary; SKIP_BUILD=1?)"
+fi
 
 TMP=$(mktemp -d /tmp/mcp-sidecar-bench.XXXXXX)
 chmod 755 "$TMP" # nginx workers drop to an unprivileged user when started as root
@@ -375,6 +391,10 @@ declare -A CPU_PIDS=(
     [sidecar-redis]="$RED_PID"
 )
 
+declare -A PROC_PID=(
+    [upstream]=$UP_PID [nginx-proxy]=$NGINX_PID [redis]=$REDIS_PID
+    [sidecar-memory]=$MEM_PID [sidecar-redis]=$RED_PID
+)
 for t in "${TARGETS[@]}"; do
     verify "$t" "${URL[$t]}"
 done
@@ -395,9 +415,20 @@ EOF
 CLK_TCK=$(getconf CLK_TCK)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 
+check_alive() { # every process started must still run, or the figures mean nothing
+    local name pid
+    for name in "${!PROC_PID[@]}"; do
+        pid=${PROC_PID[$name]}
+        kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) is no longer running (crashed, or stopped from outside)"
+    done
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
 run_wrk() { # target duration outfile
     "$WRK" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/request.lua" "${URL[$1]}" >"$3" 2>&1 ||
         die "wrk against $1 failed: $(cat "$3")"
+    check_alive
 }
 
 for t in "${TARGETS[@]}"; do
@@ -433,7 +464,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         ((err == 0)) || log "WARNING: $t had $err non-2xx responses or socket errors in round $r"
         log "round $r/$ROUNDS $t: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} us CPU/req"
     done
-    ROUND_ROWS+=("| $r | ${order[*]} | ${this_round[direct]} | ${this_round[nginx]} | ${this_round[sidecar-memory]} | ${this_round[sidecar-redis]} |")
+    ROUND_ROWS+=("| $r | ${order[*]} | ${this_round[direct]} | ${this_round[nginx]} | ${this_round[sidecar-memory]} | ${this_round[sidecar-redis]} | $(ratio "${this_round[sidecar-memory]}" "${this_round[nginx]}") | $(ratio "${this_round[sidecar-redis]}" "${this_round[nginx]}") |")
     unset this_round
 done
 
@@ -451,7 +482,6 @@ for t in "${TARGETS[@]}"; do
     M_CPU[$t]=$(tr ' ' '\n' <<<"${CPU[$t]}" | grep . | median)
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 met() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "met" : "NOT met") }'; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
@@ -462,10 +492,6 @@ LAT_RED=$(ratio "${M_P50[sidecar-redis]}" "${M_P50[nginx]}")
 CPU_MEM=$(ratio "${M_CPU[sidecar-memory]}" "${M_CPU[nginx]}")
 CPU_RED=$(ratio "${M_CPU[sidecar-redis]}" "${M_CPU[nginx]}")
 
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-    COMMIT+=" (with uncommitted changes in src/ or Cargo files)"
-fi
 CPU_MODEL=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 
 REPORT=$(
@@ -473,7 +499,7 @@ REPORT=$(
 # mcp-sidecar benchmark
 
 - Date: $(date -u '+%Y-%m-%d %H:%M UTC')
-- Commit: $COMMIT
+- Commit built and measured: $COMMIT
 - Machine: $(nproc) cores (nproc), ${CPU_MODEL:-unknown CPU}, Linux $(uname -r); load average before $LOAD_BEFORE, after $LOAD_AFTER
 - Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$WRK" -v 2>&1 | head -n1 | awk '{print $1, $2}'), Redis $("$REDIS" --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
 - Load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, POST tools/call (${#REQ_BODY} bytes) with Mcp-Session-Id; $WARMUP warmup per target, then $ROUNDS rounds, order rotated each round
@@ -502,8 +528,8 @@ wrk completed (for the direct row: the upstream's). errors = non-2xx responses p
 
 ## req/s per round
 
-| Round | order | direct | nginx | sidecar-memory | sidecar-redis |
-|---:|---|---:|---:|---:|---:|
+| Round | order | direct | nginx | sidecar-memory | sidecar-redis | memory / nginx | Redis / nginx |
+|---:|---|---:|---:|---:|---:|---:|---:|
 $(printf '%s\n' "${ROUND_ROWS[@]}")
 
 ## Resident memory (VmRSS)
