@@ -25,6 +25,10 @@ struct Cli {
     pingora: Opt,
 }
 
+/// glibc malloc showed up at ~9% of CPU under load; mimalloc keeps per-thread heaps.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULT_CONF: &str = "conf/sidecar.yaml";
 
 fn main() -> ExitCode {

@@ -349,6 +349,28 @@ impl ProxyHttp for Sidecar {
         }
     }
 
+    /// Used in Pingora's own error lines. The default prints the query string, which may
+    /// carry a hub key.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {}, request_id={}",
+            req.method,
+            req.uri.path(),
+            ctx.request_id
+        )
+    }
+
+    /// A client that goes away mid-request is routine (the access line records it), not an
+    /// error worth a log line of its own.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
+        e.esource() == &pingora::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+            )
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.responded.unwrap_or_else(Instant::now) - ctx.started;

@@ -285,6 +285,19 @@ async fn metrics_and_access_log_name_route_method_and_status_but_no_query() {
     .await;
     assert_eq!(backend, 1.0);
     sidecar.wait_log("rpc=tools/call status=200");
+    // an upstream failure makes Pingora write its own error line about the request
+    let mut pod = pod;
+    pod.upstream.proc.kill();
+    let resp = mcp_post(&client, &url)
+        .header("mcp-session-id", &sid)
+        .body(r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let sidecar = &pod.sidecar;
+    sidecar.wait_log("Fail to proxy");
+    sidecar.wait_log("rpc=tools/list status=502");
     let log = sidecar.log();
     assert!(
         !log.contains(&secret),
