@@ -21,10 +21,31 @@ pub mod session_field {
     pub const LAST_SEEN: &str = "last_seen";
 }
 
+/// `mcp:pod:{address}`: a string (JSON about the pod) with a short TTL, refreshed by the pod's
+/// heartbeat. A pod whose key is gone is treated as dead.
+pub fn pod(address: &str) -> String {
+    format!("{PREFIX}pod:{address}")
+}
+
+/// `mcp:lock:{name}`: a string holding the holder's token, with a TTL so a crashed holder
+/// cannot block others for long.
+pub fn lock(name: &str) -> String {
+    format!("{PREFIX}lock:{name}")
+}
+
+/// Scan patterns for the admin API.
+pub const SESSION_PATTERN: &str = "mcp:session:*";
+pub const POD_PATTERN: &str = "mcp:pod:*";
+
 #[cfg(test)]
 mod tests {
     #[test]
     fn keys_live_under_the_prefix() {
         assert_eq!(super::session("abc"), "mcp:session:abc");
+        assert_eq!(super::pod("10.0.0.7:8081"), "mcp:pod:10.0.0.7:8081");
+        assert_eq!(super::lock("recover:abc"), "mcp:lock:recover:abc");
+        assert!(super::session("x")
+            .starts_with(&super::SESSION_PATTERN[..super::SESSION_PATTERN.len() - 1]));
+        assert!(super::pod("x").starts_with(&super::POD_PATTERN[..super::POD_PATTERN.len() - 1]));
     }
 }

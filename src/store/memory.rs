@@ -1,22 +1,68 @@
-//! In-process store for single-pod mode: a map with deadlines. Expired entries vanish on read
-//! and are swept on write, so the map cannot grow with dead sessions.
+//! In-process store for single-pod mode: maps with deadlines. Expired entries vanish on read
+//! and are swept on write, so the maps cannot grow with dead entries.
 
-use super::{Backend, SessionRecord, SessionStore, StoreError};
+use super::{Backend, PodInfo, SessionRecord, SessionStore, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// Sweep the whole map at most this often.
+/// Sweep a map at most this often.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
+/// A map whose entries expire, like Redis keys with a TTL.
+struct TtlMap<V> {
+    entries: HashMap<String, (V, Instant)>,
+    last_sweep: Instant,
+}
+
+impl<V: Clone> TtlMap<V> {
+    fn new() -> Self {
+        TtlMap {
+            entries: HashMap::new(),
+            last_sweep: Instant::now(),
+        }
+    }
+
+    fn live(&mut self, key: &str, now: Instant) -> Option<&mut (V, Instant)> {
+        if self.entries.get(key).is_some_and(|(_, exp)| *exp <= now) {
+            self.entries.remove(key);
+        }
+        self.entries.get_mut(key)
+    }
+
+    /// Inserts and returns the live value it replaced.
+    fn insert(&mut self, key: &str, value: V, ttl: Duration, now: Instant) -> Option<V> {
+        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
+            self.entries.retain(|_, (_, exp)| *exp > now);
+            self.last_sweep = now;
+        }
+        let old = self.live(key, now).map(|(v, _)| v.clone());
+        self.entries.insert(key.to_string(), (value, now + ttl));
+        old
+    }
+
+    fn remove(&mut self, key: &str, now: Instant) -> Option<V> {
+        let live = self.live(key, now).is_some();
+        self.entries.remove(key).filter(|_| live).map(|(v, _)| v)
+    }
+
+    fn all(&self, now: Instant) -> impl Iterator<Item = (&String, &V, Duration)> {
+        self.entries
+            .iter()
+            .filter(move |(_, (_, exp))| *exp > now)
+            .map(move |(k, (v, exp))| (k, v, exp.duration_since(now)))
+    }
+}
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
 struct Inner {
-    sessions: HashMap<String, (SessionRecord, Instant)>,
-    last_sweep: Instant,
+    sessions: TtlMap<SessionRecord>,
+    pods: TtlMap<String>,
+    locks: TtlMap<String>,
 }
 
 impl Default for MemoryStore {
@@ -29,8 +75,9 @@ impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore {
             inner: Mutex::new(Inner {
-                sessions: HashMap::new(),
-                last_sweep: Instant::now(),
+                sessions: TtlMap::new(),
+                pods: TtlMap::new(),
+                locks: TtlMap::new(),
             }),
         }
     }
@@ -38,22 +85,6 @@ impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // a panic elsewhere while holding the lock leaves plain data behind; keep serving
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-impl Inner {
-    fn live(&mut self, id: &str, now: Instant) -> Option<&mut (SessionRecord, Instant)> {
-        if self.sessions.get(id).is_some_and(|(_, exp)| *exp <= now) {
-            self.sessions.remove(id);
-        }
-        self.sessions.get_mut(id)
-    }
-
-    fn maybe_sweep(&mut self, now: Instant) {
-        if now.duration_since(self.last_sweep) >= SWEEP_EVERY {
-            self.sessions.retain(|_, (_, exp)| *exp > now);
-            self.last_sweep = now;
-        }
     }
 }
 
@@ -69,17 +100,16 @@ impl SessionStore for MemoryStore {
 
     async fn save_session(&self, record: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
         let now = Instant::now();
-        let mut inner = self.lock();
-        inner.maybe_sweep(now);
-        inner
+        self.lock()
             .sessions
-            .insert(record.session_id.clone(), (record.clone(), now + ttl));
+            .insert(&record.session_id, record.clone(), ttl, now);
         Ok(())
     }
 
     async fn load_session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError> {
         Ok(self
             .lock()
+            .sessions
             .live(session_id, Instant::now())
             .map(|(r, _)| r.clone()))
     }
@@ -91,7 +121,7 @@ impl SessionStore for MemoryStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let now = Instant::now();
-        Ok(match self.lock().live(session_id, now) {
+        Ok(match self.lock().sessions.live(session_id, now) {
             Some((record, exp)) => {
                 record.last_seen = now_unix;
                 *exp = now + ttl;
@@ -102,15 +132,86 @@ impl SessionStore for MemoryStore {
     }
 
     async fn delete_session(&self, session_id: &str) -> Result<bool, StoreError> {
-        Ok(self.lock().sessions.remove(session_id).is_some())
+        Ok(self
+            .lock()
+            .sessions
+            .remove(session_id, Instant::now())
+            .is_some())
     }
 
     async fn session_ttl(&self, session_id: &str) -> Result<Option<Duration>, StoreError> {
         let now = Instant::now();
         Ok(self
             .lock()
+            .sessions
             .live(session_id, now)
             .map(|(_, exp)| exp.duration_since(now)))
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<(SessionRecord, Option<Duration>)>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .sessions
+            .all(now)
+            .map(|(_, r, ttl)| (r.clone(), Some(ttl)))
+            .collect())
+    }
+
+    async fn heartbeat_pod(
+        &self,
+        address: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .pods
+            .insert(address, info.to_string(), ttl, now)
+            .is_some())
+    }
+
+    async fn pod_alive(&self, address: &str) -> Result<bool, StoreError> {
+        Ok(self.lock().pods.live(address, Instant::now()).is_some())
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodInfo>, StoreError> {
+        let now = Instant::now();
+        Ok(self
+            .lock()
+            .pods
+            .all(now)
+            .map(|(address, info, ttl)| PodInfo {
+                address: address.clone(),
+                info: info.clone(),
+                ttl: Some(ttl),
+            })
+            .collect())
+    }
+
+    async fn remove_pod(&self, address: &str) -> Result<(), StoreError> {
+        self.lock().pods.remove(address, Instant::now());
+        Ok(())
+    }
+
+    async fn try_lock(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.locks.live(name, now).is_some() {
+            return Ok(false);
+        }
+        inner.locks.insert(name, token.to_string(), ttl, now);
+        Ok(true)
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        if inner.locks.live(name, now).is_some_and(|(t, _)| t == token) {
+            inner.locks.remove(name, now);
+        }
+        Ok(())
     }
 }
 
@@ -122,7 +223,7 @@ mod tests {
         SessionRecord {
             session_id: id.into(),
             upstream_session_id: id.into(),
-            owner: "10.0.0.1:8080".into(),
+            owner: "10.0.0.1:8081".into(),
             server_name: "demo".into(),
             user: None,
             protocol_version: Some("2025-06-18".into()),
@@ -148,6 +249,7 @@ mod tests {
             .touch_session("b", 99, Duration::from_secs(60))
             .await
             .unwrap());
+        assert_eq!(s.list_sessions().await.unwrap().len(), 1);
         assert!(s.delete_session("a").await.unwrap());
         assert!(!s.delete_session("a").await.unwrap());
         assert_eq!(s.load_session("a").await.unwrap(), None);
@@ -167,5 +269,32 @@ mod tests {
             .touch_session("a", 1, Duration::from_secs(1))
             .await
             .unwrap());
+        assert!(!s.delete_session("a").await.unwrap());
+        assert!(s.list_sessions().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pods_and_locks() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(10);
+        assert!(!s.heartbeat_pod("p1", "{}", ttl).await.unwrap());
+        assert!(s.heartbeat_pod("p1", "{}", ttl).await.unwrap());
+        assert!(s.pod_alive("p1").await.unwrap());
+        assert_eq!(s.list_pods().await.unwrap()[0].address, "p1");
+        s.remove_pod("p1").await.unwrap();
+        assert!(!s.pod_alive("p1").await.unwrap());
+
+        assert!(s.try_lock("l", "me", ttl).await.unwrap());
+        assert!(!s.try_lock("l", "you", ttl).await.unwrap());
+        s.unlock("l", "you").await.unwrap();
+        assert!(!s.try_lock("l", "you", ttl).await.unwrap());
+        s.unlock("l", "me").await.unwrap();
+        assert!(s.try_lock("l", "you", ttl).await.unwrap());
+        assert!(s
+            .try_lock("short", "a", Duration::from_millis(10))
+            .await
+            .unwrap());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(s.try_lock("short", "b", ttl).await.unwrap());
     }
 }

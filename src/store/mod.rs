@@ -49,6 +49,17 @@ pub struct SessionRecord {
     pub last_seen: u64,
 }
 
+/// A live sidecar as registered by its heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodInfo {
+    /// Advertised (peer) address.
+    pub address: String,
+    /// What the pod said about itself (JSON: version, start time).
+    pub info: String,
+    /// Remaining heartbeat TTL.
+    pub ttl: Option<Duration>,
+}
+
 /// A store operation that failed. Never carries key contents or credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreError {
@@ -102,6 +113,32 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Remaining TTL of a session record, `None` when it does not exist.
     async fn session_ttl(&self, session_id: &str) -> Result<Option<Duration>, StoreError>;
+
+    /// Every session record with its remaining TTL (admin API; scans, so not for the request
+    /// path).
+    async fn list_sessions(&self) -> Result<Vec<(SessionRecord, Option<Duration>)>, StoreError>;
+
+    /// Registers (or re-registers) a pod for `ttl`. `false` when the key did not exist before:
+    /// a new pod, an expired heartbeat, or a Redis that lost its data.
+    async fn heartbeat_pod(
+        &self,
+        address: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError>;
+
+    async fn pod_alive(&self, address: &str) -> Result<bool, StoreError>;
+
+    async fn list_pods(&self) -> Result<Vec<PodInfo>, StoreError>;
+
+    /// Deregisters a pod at once (drain), so peers stop forwarding to it.
+    async fn remove_pod(&self, address: &str) -> Result<(), StoreError>;
+
+    /// Takes the lock `name` for `ttl` if nobody holds it. `token` identifies the holder.
+    async fn try_lock(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, StoreError>;
+
+    /// Releases `name` if `token` still holds it.
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
 }
 
 /// Current Unix time in seconds.

@@ -3,7 +3,7 @@
 //! Redis outage degrades the sidecar instead of hanging requests.
 
 use super::keys::{self, session_field as f};
-use super::{Backend, SessionRecord, SessionStore, StoreError};
+use super::{Backend, PodInfo, SessionRecord, SessionStore, StoreError};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -25,6 +25,19 @@ static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| {
           return 0",
     )
 });
+
+/// Releases a lock only for the holder that took it.
+static UNLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('DEL', KEYS[1])
+          end
+          return 0",
+    )
+});
+
+/// Keys read per SCAN step in admin listings.
+const SCAN_COUNT: usize = 200;
 
 pub struct RedisStore {
     client: redis::Client,
@@ -95,6 +108,32 @@ impl RedisStore {
             METRICS.store_errors.with_label_values(&[op]).inc();
         }
         result
+    }
+}
+
+/// Remaining TTL from a PTTL answer (-2: no key, -1: no TTL).
+fn pttl(ms: i64) -> Option<Duration> {
+    (ms >= 0).then(|| Duration::from_millis(ms as u64))
+}
+
+/// Every key matching `pattern`, by SCAN (never KEYS: it blocks Redis).
+async fn scan_keys(c: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(SCAN_COUNT)
+            .query_async(c)
+            .await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
     }
 }
 
@@ -206,8 +245,139 @@ impl SessionStore for RedisStore {
                 key,
                 message: "has no TTL".into(),
             }),
-            ms => Ok(Some(Duration::from_millis(ms.max(0) as u64))),
+            ms => Ok(pttl(ms)),
         }
+    }
+
+    async fn list_sessions(&self) -> Result<Vec<(SessionRecord, Option<Duration>)>, StoreError> {
+        let rows: Vec<(String, HashMap<String, String>, i64)> = self
+            .run("list_sessions", |mut c| async move {
+                let keys = scan_keys(&mut c, keys::SESSION_PATTERN).await?;
+                let mut rows = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(SCAN_COUNT) {
+                    let mut pipe = redis::pipe();
+                    for k in chunk {
+                        pipe.hgetall(k).pttl(k);
+                    }
+                    let answers: Vec<(HashMap<String, String>, i64)> =
+                        pipe.query_async(&mut c).await?;
+                    rows.extend(
+                        chunk
+                            .iter()
+                            .cloned()
+                            .zip(answers)
+                            .map(|(k, (h, t))| (k, h, t)),
+                    );
+                }
+                Ok(rows)
+            })
+            .await?;
+        let prefix_len = keys::session("").len();
+        Ok(rows
+            .into_iter()
+            .filter(|(_, hash, _)| !hash.is_empty())
+            .filter_map(|(key, hash, ms)| {
+                // a record written by something else is skipped in listings, not fatal
+                record_from_hash(&key[prefix_len..], hash)
+                    .ok()
+                    .map(|r| (r, pttl(ms)))
+            })
+            .collect())
+    }
+
+    async fn heartbeat_pod(
+        &self,
+        address: &str,
+        info: &str,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let key = keys::pod(address);
+        let info = info.to_string();
+        let old: Option<String> = self
+            .run("heartbeat_pod", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(info)
+                    .arg("PX")
+                    .arg(ttl_millis(ttl))
+                    .arg("GET")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(old.is_some())
+    }
+
+    async fn pod_alive(&self, address: &str) -> Result<bool, StoreError> {
+        let key = keys::pod(address);
+        self.run("pod_alive", |mut c| async move { c.exists(key).await })
+            .await
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodInfo>, StoreError> {
+        let rows: Vec<(String, Option<String>, i64)> = self
+            .run("list_pods", |mut c| async move {
+                let keys = scan_keys(&mut c, keys::POD_PATTERN).await?;
+                let mut pipe = redis::pipe();
+                for k in &keys {
+                    pipe.get(k).pttl(k);
+                }
+                let answers: Vec<(Option<String>, i64)> = pipe.query_async(&mut c).await?;
+                Ok(keys
+                    .into_iter()
+                    .zip(answers)
+                    .map(|(k, (v, t))| (k, v, t))
+                    .collect())
+            })
+            .await?;
+        let prefix_len = keys::pod("").len();
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, info, ms)| {
+                Some(PodInfo {
+                    address: key[prefix_len..].to_string(),
+                    info: info?,
+                    ttl: pttl(ms),
+                })
+            })
+            .collect())
+    }
+
+    async fn remove_pod(&self, address: &str) -> Result<(), StoreError> {
+        let key = keys::pod(address);
+        self.run(
+            "remove_pod",
+            |mut c| async move { c.del::<_, ()>(key).await },
+        )
+        .await
+    }
+
+    async fn try_lock(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, StoreError> {
+        let key = keys::lock(name);
+        let token = token.to_string();
+        let set: Option<String> = self
+            .run("try_lock", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_millis(ttl))
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError> {
+        let key = keys::lock(name);
+        let token = token.to_string();
+        self.run("unlock", |mut c| async move {
+            UNLOCK.key(key).arg(token).invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .map(drop)
     }
 }
 

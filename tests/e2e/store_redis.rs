@@ -153,3 +153,59 @@ async fn an_outage_fails_fast_and_the_store_reconnects_by_itself() {
         .unwrap();
     assert!(s.load_session("b").await.unwrap().is_some());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_locks_and_listings() {
+    let dir = test_dir("store-pods");
+    let redis = Redis::start(&dir);
+    let s = store(&redis);
+    let ttl = Duration::from_secs(10);
+    assert!(!s
+        .heartbeat_pod("10.0.0.7:8081", r#"{"v":1}"#, ttl)
+        .await
+        .unwrap());
+    assert!(s
+        .heartbeat_pod("10.0.0.7:8081", r#"{"v":1}"#, ttl)
+        .await
+        .unwrap());
+    assert!(s.pod_alive("10.0.0.7:8081").await.unwrap());
+    assert!(!s.pod_alive("10.0.0.8:8081").await.unwrap());
+    let pods = s.list_pods().await.unwrap();
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0].address, "10.0.0.7:8081");
+    assert_eq!(pods[0].info, r#"{"v":1}"#);
+    assert!(pods[0].ttl.unwrap() > Duration::from_secs(9));
+    s.remove_pod("10.0.0.7:8081").await.unwrap();
+    assert!(!s.pod_alive("10.0.0.7:8081").await.unwrap());
+
+    assert!(s.try_lock("recover:abc", "me", ttl).await.unwrap());
+    assert!(!s.try_lock("recover:abc", "you", ttl).await.unwrap());
+    s.unlock("recover:abc", "you").await.unwrap();
+    assert!(!s.try_lock("recover:abc", "you", ttl).await.unwrap());
+    s.unlock("recover:abc", "me").await.unwrap();
+    assert!(s.try_lock("recover:abc", "you", ttl).await.unwrap());
+
+    for i in 0..450 {
+        s.save_session(&record(&format!("s{i}")), ttl)
+            .await
+            .unwrap();
+    }
+    let listed = s.list_sessions().await.unwrap();
+    assert_eq!(listed.len(), 450);
+    assert!(listed
+        .iter()
+        .all(|(r, t)| r.server_name == "github" && t.is_some()));
+
+    // every key written by the store has a TTL
+    let mut c = raw(&redis).await;
+    let all: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    for k in &all {
+        assert!(k.starts_with(keys::PREFIX), "{k}");
+        let t: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
+        assert!(t > 0, "{k} has no TTL");
+    }
+}
