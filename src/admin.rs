@@ -1,30 +1,36 @@
-//! The admin listener: liveness, readiness and Prometheus metrics. It listens on its own
-//! address so it can stay off the Service that clients reach.
+//! The admin listener: liveness, readiness, Prometheus metrics, and the admin API behind a
+//! token. It listens on its own address so it can stay off the Service that clients reach.
 
 use crate::metrics;
-use crate::store::{Backend, SessionStore};
+use crate::peer::constant_time_eq;
+use crate::session::Sessions;
+use crate::store::{unix_now, Backend};
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::Arc;
 
 pub struct AdminApp {
-    store: Arc<dyn SessionStore>,
+    sessions: Arc<Sessions>,
+    token: Option<String>,
 }
 
 impl AdminApp {
-    pub fn new(store: Arc<dyn SessionStore>) -> AdminApp {
-        AdminApp { store }
+    pub fn new(sessions: Arc<Sessions>, token: Option<&str>) -> AdminApp {
+        AdminApp {
+            sessions,
+            token: token.map(str::to_string),
+        }
     }
 
     /// Ready unless the process is broken. A Redis outage reports `degraded` with 200: taking
     /// every pod out of the Service because Redis blinked would turn a partial outage (no
     /// cross-pod continuity) into a total one.
-    async fn readiness(&self) -> (StatusCode, serde_json::Value) {
-        let backend = self.store.backend();
-        match (backend, self.store.ping().await) {
+    async fn readiness(&self) -> (StatusCode, Value) {
+        let store = self.sessions.store();
+        match (store.backend(), store.ping().await) {
             (Backend::Memory, _) => (
                 StatusCode::OK,
                 json!({"status": "ready", "store": "memory",
@@ -39,6 +45,90 @@ impl AdminApp {
             ),
         }
     }
+
+    /// `X-Auth-Token` (the seeds' header) or `Authorization: Bearer`, compared in constant time.
+    /// `None` when authorized, else the refusal.
+    fn refusal(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
+        let Some(expected) = &self.token else {
+            return Some(fail(
+                StatusCode::FORBIDDEN,
+                "admin API disabled: set admin.token",
+            ));
+        };
+        let headers = &session.req_header().headers;
+        let given = headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| {
+                headers
+                    .get("authorization")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Bearer "))
+            });
+        match given {
+            Some(g) if constant_time_eq(g.trim().as_bytes(), expected.as_bytes()) => None,
+            _ => Some(fail(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong admin token",
+            )),
+        }
+    }
+
+    async fn api(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
+        let store = self.sessions.store();
+        match (method, path.strip_prefix("/api/admin/")) {
+            (&Method::GET, Some("sessions")) => match store.list_sessions().await {
+                Ok(list) => {
+                    let now = unix_now();
+                    let data: Vec<Value> = list
+                        .into_iter()
+                        .map(|(r, ttl)| {
+                            json!({
+                                "sessionId": r.session_id,
+                                "upstreamSessionId": r.upstream_session_id,
+                                "owner": r.owner,
+                                "serverName": r.server_name,
+                                "user": r.user,
+                                "protocolVersion": r.protocol_version,
+                                "ageSeconds": now.saturating_sub(r.created_at),
+                                "lastSeenSecondsAgo": now.saturating_sub(r.last_seen),
+                                "ttl": ttl.map(|t| t.as_secs()),
+                            })
+                        })
+                        .collect();
+                    ok(json!(data))
+                }
+                Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            },
+            (&Method::DELETE, Some(rest)) if rest.starts_with("sessions/") => {
+                let sid = &rest["sessions/".len()..];
+                match self.sessions.forget(sid).await {
+                    Ok(true) => ok(json!({"sessionId": sid})),
+                    Ok(false) => fail(StatusCode::NOT_FOUND, "no such session"),
+                    Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                }
+            }
+            (&Method::GET, Some("pods")) => match store.list_pods().await {
+                Ok(pods) => {
+                    let me = &self.sessions.settings.me;
+                    let data: Vec<Value> = pods
+                        .into_iter()
+                        .map(|p| {
+                            json!({
+                                "address": p.address,
+                                "self": &p.address == me,
+                                "info": serde_json::from_str::<Value>(&p.info).unwrap_or(Value::String(p.info)),
+                                "ttl": p.ttl.map(|t| t.as_secs_f64()),
+                            })
+                        })
+                        .collect();
+                    ok(json!(data))
+                }
+                Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            },
+            _ => fail(StatusCode::NOT_FOUND, "no such admin endpoint"),
+        }
+    }
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -51,21 +141,33 @@ fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Ve
         .expect("static response parts are valid")
 }
 
-fn respond_json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+fn respond_json(status: StatusCode, v: Value) -> Response<Vec<u8>> {
     respond(status, "application/json", v.to_string().into_bytes())
+}
+
+fn ok(data: Value) -> Response<Vec<u8>> {
+    respond_json(StatusCode::OK, json!({"success": true, "data": data}))
+}
+
+fn fail(status: StatusCode, error: &str) -> Response<Vec<u8>> {
+    respond_json(status, json!({"success": false, "error": error}))
 }
 
 #[async_trait]
 impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let req = session.req_header();
-        if req.method != http::Method::GET {
-            return respond_json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                json!({"error": "method not allowed"}),
-            );
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        if path.starts_with("/api/admin/") {
+            if let Some(refusal) = self.refusal(session) {
+                return refusal;
+            }
+            return self.api(&method, &path).await;
         }
-        match req.uri.path() {
+        if method != Method::GET {
+            return fail(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
+        }
+        match path.as_str() {
             "/healthz" => respond_json(StatusCode::OK, json!({"status": "ok"})),
             "/readyz" => {
                 let (status, body) = self.readiness().await;
@@ -76,7 +178,7 @@ impl ServeHttp for AdminApp {
                 "text/plain; version=0.0.4; charset=utf-8",
                 metrics::render(),
             ),
-            _ => respond_json(StatusCode::NOT_FOUND, json!({"error": "not found"})),
+            _ => fail(StatusCode::NOT_FOUND, "not found"),
         }
     }
 }

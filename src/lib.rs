@@ -8,7 +8,9 @@
 pub mod admin;
 pub mod config;
 pub mod metrics;
+pub mod peer;
 pub mod protocol;
 pub mod proxy;
 pub mod route;
+pub mod session;
 pub mod store;

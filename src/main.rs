@@ -6,9 +6,12 @@ use mcp_sidecar::admin::AdminApp;
 use mcp_sidecar::config::Config;
 use mcp_sidecar::metrics::METRICS;
 use mcp_sidecar::proxy::Sidecar;
+use mcp_sidecar::session::heartbeat::Heartbeat;
+use mcp_sidecar::session::{Sessions, Settings};
 use mcp_sidecar::store::{MemoryStore, RedisStore, SessionStore};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,13 +50,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let proxy = match Sidecar::new(&config) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
-            return ExitCode::from(2);
-        }
-    };
     if cli.pingora.test {
         println!(
             "mcp-sidecar: configuration file {} is valid",
@@ -86,6 +82,25 @@ fn main() -> ExitCode {
         .store_backend
         .with_label_values(&[store.backend().as_str()])
         .set(1);
+    let s = &config.session;
+    let sessions = Sessions::new(
+        store,
+        Settings {
+            ttl: s.ttl,
+            refresh_interval: s.refresh_interval,
+            heartbeat_interval: s.heartbeat_interval,
+            pod_ttl: s.pod_ttl,
+            recovery_timeout: s.recovery_timeout,
+            me: config.advertise_address(),
+        },
+    );
+    let proxy = match Sidecar::new(&config, sessions.clone()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
 
     let mut opt = cli.pingora;
     opt.conf = None; // our file is not a Pingora ServerConf; its settings are passed below
@@ -94,13 +109,19 @@ fn main() -> ExitCode {
 
     let mut proxy_service = pingora::proxy::http_proxy_service(&server.configuration, proxy);
     proxy_service.add_tcp(&config.server.listen);
-    let mut admin = Service::new("admin".to_string(), AdminApp::new(store));
+    proxy_service.add_tcp(&config.server.peer_listen);
+    let mut admin = Service::new(
+        "admin".to_string(),
+        AdminApp::new(sessions.clone(), config.admin_token()),
+    );
     admin.add_tcp(&config.server.admin_listen);
     admin.threads = Some(1);
+    let heartbeat = background_service("heartbeat", Heartbeat::new(sessions));
 
     info!(
-        "mcp-sidecar listening on {} (admin {}), advertised as {}, {} routes, {} threads",
+        "mcp-sidecar listening on {} (peers {}, admin {}), advertised as {}, {} routes, {} threads",
         config.server.listen,
+        config.server.peer_listen,
         config.server.admin_listen,
         config.advertise_address(),
         config.routes.len(),
@@ -111,6 +132,7 @@ fn main() -> ExitCode {
     }
     server.add_service(proxy_service);
     server.add_service(admin);
+    server.add_service(heartbeat);
     server.run_forever()
 }
 

@@ -2,8 +2,9 @@
 //! configuration and JSON-RPC methods from a fixed list (see `protocol::jsonrpc`).
 
 use prometheus::{
-    register_histogram_vec, register_int_counter_vec, register_int_gauge_vec, Encoder,
-    HistogramVec, IntCounterVec, IntGaugeVec, TextEncoder,
+    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
+    register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -19,7 +20,17 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// 1 for the backend in use (`memory` or `redis`).
     pub store_backend: IntGaugeVec,
+    /// Session lifecycle events: created, forwarded, recovered, expired, deleted.
+    pub sessions: IntCounterVec,
+    /// Sessions owned by this pod (an HPA can scale on it).
+    pub active_sessions: IntGauge,
+    /// Time to response headers for requests forwarded to the owner pod.
+    pub forward_latency: Histogram,
 }
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
     requests: register_int_counter_vec!(
@@ -32,10 +43,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "mcp_sidecar_request_duration_seconds",
         "Time to response headers, by route and JSON-RPC method",
         &["route", "method"],
-        vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0
-        ]
+        LATENCY_BUCKETS.to_vec()
     )
     .expect("metric registers once"),
     upstream_errors: register_int_counter_vec!(
@@ -54,6 +62,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         "mcp_sidecar_store_backend",
         "Session store backend in use (1 = active)",
         &["backend"]
+    )
+    .expect("metric registers once"),
+    sessions: register_int_counter_vec!(
+        "mcp_sidecar_sessions_total",
+        "Session lifecycle events on this pod: created, forwarded, recovered, expired, deleted",
+        &["event"]
+    )
+    .expect("metric registers once"),
+    active_sessions: register_int_gauge!(
+        "mcp_sidecar_active_sessions",
+        "MCP sessions owned by this pod"
+    )
+    .expect("metric registers once"),
+    forward_latency: register_histogram!(
+        "mcp_sidecar_forward_duration_seconds",
+        "Time to response headers for requests forwarded to the owner pod",
+        LATENCY_BUCKETS.to_vec()
     )
     .expect("metric registers once"),
 });

@@ -51,6 +51,12 @@ pub struct Config {
     /// Session bookkeeping.
     #[serde(default)]
     pub session: SessionSection,
+    /// The hop between sidecars.
+    #[serde(default)]
+    pub peer: PeerSection,
+    /// The admin API (`/api/admin/...`).
+    #[serde(default)]
+    pub admin: AdminSection,
     /// Upstream timeouts.
     #[serde(default)]
     pub timeouts: TimeoutsSection,
@@ -72,8 +78,10 @@ pub struct ServerSection {
     pub listen: String,
     /// Health, readiness and metrics; keep it off the public Service.
     pub admin_listen: String,
-    /// The address other sidecars reach this one at (`${POD_IP}:port` in Kubernetes).
-    /// Defaults to `listen` when that is a concrete address.
+    /// Where other sidecars forward requests for sessions this pod owns.
+    pub peer_listen: String,
+    /// The address other sidecars reach this one's peer listener at (`${POD_IP}:8081` in
+    /// Kubernetes). Defaults to `peer_listen` when that is a concrete address.
     pub advertise_address: Option<String>,
     /// Worker threads; 0 means one per core (Pingora's own default is 1).
     #[serde(deserialize_with = "number_or_string")]
@@ -94,6 +102,7 @@ impl Default for ServerSection {
         Self {
             listen: "0.0.0.0:8080".into(),
             admin_listen: "127.0.0.1:9090".into(),
+            peer_listen: "0.0.0.0:8081".into(),
             advertise_address: None,
             threads: 0,
             grace_period: Duration::from_secs(5),
@@ -133,15 +142,51 @@ pub struct SessionSection {
     /// Sliding TTL of a session record.
     #[serde(with = "human_duration")]
     pub ttl: Duration,
+    /// A session's TTL is refreshed in the store at most this often, off the request path.
+    #[serde(with = "human_duration")]
+    pub refresh_interval: Duration,
+    /// How often this pod renews its registration.
+    #[serde(with = "human_duration")]
+    pub heartbeat_interval: Duration,
+    /// A pod whose registration is older than this is dead: its sessions are recovered.
+    #[serde(with = "human_duration")]
+    pub pod_ttl: Duration,
+    /// Upper bound for replaying a session's initialize, and for waiting on another request
+    /// that is already doing it.
+    #[serde(with = "human_duration")]
+    pub recovery_timeout: Duration,
 }
 
 impl Default for SessionSection {
     fn default() -> Self {
         Self {
             ttl: Duration::from_secs(3600),
+            refresh_interval: Duration::from_secs(60),
+            heartbeat_interval: Duration::from_secs(2),
+            pod_ttl: Duration::from_secs(10),
+            recovery_timeout: Duration::from_secs(5),
         }
     }
 }
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerSection {
+    /// Shared by every sidecar of a deployment; signs forwarded requests (HMAC-SHA256).
+    /// Required with `redis.url`.
+    pub secret: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Token for `/api/admin/...` (header `X-Auth-Token` or `Authorization: Bearer`). Empty
+    /// disables the admin API; health, readiness and metrics need no token.
+    pub token: Option<String>,
+}
+
+/// Shortest accepted peer secret or admin token.
+const MIN_SECRET_LEN: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -285,10 +330,35 @@ impl Config {
         };
         let listen = socket("server.listen", &self.server.listen)?;
         let admin = socket("server.admin_listen", &self.server.admin_listen)?;
+        let peer = socket("server.peer_listen", &self.server.peer_listen)?;
         if listen == admin {
             return Err((
                 "server.admin_listen".into(),
                 "must differ from server.listen".into(),
+            ));
+        }
+        if peer == listen || peer == admin {
+            return Err((
+                "server.peer_listen".into(),
+                "must differ from server.listen and server.admin_listen".into(),
+            ));
+        }
+        for (field, value) in [
+            ("peer.secret", self.peer_secret()),
+            ("admin.token", self.admin_token()),
+        ] {
+            if value.is_some_and(|v| v.len() < MIN_SECRET_LEN) {
+                return Err((
+                    field.into(),
+                    format!("must be at least {MIN_SECRET_LEN} characters"),
+                ));
+            }
+        }
+        let s = &self.session;
+        if s.heartbeat_interval.is_zero() || s.pod_ttl <= s.heartbeat_interval {
+            return Err((
+                "session.pod_ttl".into(),
+                "must be longer than session.heartbeat_interval (which must be > 0)".into(),
             ));
         }
         if let Some(adv) = &self.server.advertise_address {
@@ -307,6 +377,13 @@ impl Config {
                     format!("is not a valid Redis URL: {e}"),
                 )
             })?;
+        }
+        if self.redis_url().is_some() && self.peer_secret().is_none() {
+            return Err((
+                "peer.secret".into(),
+                "is required with redis.url: sidecars sign the requests they forward to each other"
+                    .into(),
+            ));
         }
         if self.session.ttl < Duration::from_secs(1) {
             return Err(("session.ttl".into(), "must be at least 1s".into()));
@@ -366,6 +443,16 @@ impl Config {
             .filter(|u| !u.is_empty())
     }
 
+    /// The peer secret, if set and non-empty.
+    pub fn peer_secret(&self) -> Option<&str> {
+        self.peer.secret.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// The admin token, if set and non-empty.
+    pub fn admin_token(&self) -> Option<&str> {
+        self.admin.token.as_deref().filter(|s| !s.is_empty())
+    }
+
     /// Worker threads per service, with 0 resolved to the number of cores.
     pub fn threads(&self) -> usize {
         if self.server.threads > 0 {
@@ -375,16 +462,16 @@ impl Config {
         }
     }
 
-    /// This pod's address as other sidecars see it.
+    /// This pod's peer listener as other sidecars reach it.
     pub fn advertise_address(&self) -> String {
         if let Some(adv) = &self.server.advertise_address {
             return adv.clone();
         }
-        let listen: SocketAddr = self.server.listen.parse().expect("validated");
-        if listen.ip().is_unspecified() {
-            format!("127.0.0.1:{}", listen.port())
+        let peer: SocketAddr = self.server.peer_listen.parse().expect("validated");
+        if peer.ip().is_unspecified() {
+            format!("127.0.0.1:{}", peer.port())
         } else {
-            listen.to_string()
+            peer.to_string()
         }
     }
 
@@ -563,7 +650,7 @@ mod tests {
         let pc = c.pingora_conf();
         assert_eq!(pc.threads, c.threads());
         assert_eq!(pc.grace_period_seconds, Some(5));
-        assert_eq!(c.advertise_address(), "127.0.0.1:8080");
+        assert_eq!(c.advertise_address(), "127.0.0.1:8081");
     }
 
     #[test]
@@ -588,6 +675,23 @@ mod tests {
 
         let e = parse(&format!("redis: {{url: 'http://x'}}\n{MINIMAL}")).unwrap_err();
         assert_eq!(e.field, "redis.url");
+
+        let e = parse(&format!(
+            "redis: {{url: 'redis://127.0.0.1:6379'}}\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "peer.secret");
+        let e = parse(&format!("peer: {{secret: short}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "peer.secret");
+        assert!(parse(&format!(
+            "redis: {{url: 'redis://127.0.0.1:6379'}}\npeer: {{secret: 0123456789abcdef}}\n{MINIMAL}"
+        ))
+        .is_ok());
+        let e = parse(&format!(
+            "session: {{heartbeat_interval: 5s, pod_ttl: 5s}}\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "session.pod_ttl");
 
         let e = parse(&format!("bogus: 1\n{MINIMAL}")).unwrap_err();
         assert!(e.message.contains("bogus"), "{e}");

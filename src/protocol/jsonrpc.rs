@@ -12,6 +12,8 @@ pub mod code {
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Implementation-defined server error; the SDKs use it for transport-level refusals.
     pub const SERVER_ERROR: i64 = -32000;
+    /// What the TypeScript SDK answers for an unknown session.
+    pub const SESSION_NOT_FOUND: i64 = -32001;
 }
 
 /// Methods the sidecar names in metrics; anything else is counted as `other` so a client
@@ -153,6 +155,26 @@ pub fn method_label(method: &str) -> &'static str {
         .unwrap_or("other")
 }
 
+/// The raw `params` of an `initialize` request and the protocol version it asks for: what a
+/// recovery replays. Read only once per session, so a second parse is fine.
+pub fn initialize_params(body: &[u8]) -> Option<(String, Option<String>)> {
+    #[derive(Deserialize)]
+    struct Init<'a> {
+        #[serde(borrow)]
+        params: &'a RawValue,
+    }
+    #[derive(Deserialize)]
+    struct Params {
+        #[serde(rename = "protocolVersion")]
+        protocol_version: Option<String>,
+    }
+    let init: Init = serde_json::from_slice(body).ok()?;
+    let version = serde_json::from_str::<Params>(init.params.get())
+        .ok()
+        .and_then(|p| p.protocol_version);
+    Some((init.params.get().to_string(), version))
+}
+
 /// A JSON-RPC error body. `id` is raw JSON (as kept by [`Envelope`]); `None` gives `null`.
 pub fn error_body(id: Option<&str>, code: i64, message: &str) -> Vec<u8> {
     let message = serde_json::to_string(message).expect("a string always serialises");
@@ -227,6 +249,18 @@ mod tests {
             Envelope::parse(br#"{"method":5}"#),
             Err(EnvelopeError::NotAMessage)
         );
+    }
+
+    #[test]
+    fn initialize_params_are_kept_raw() {
+        let body = br#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}}"#;
+        let (params, version) = initialize_params(body).unwrap();
+        assert_eq!(
+            params,
+            r#"{"protocolVersion":"2025-06-18","capabilities":{"sampling":{}},"clientInfo":{"name":"c","version":"1"}}"#
+        );
+        assert_eq!(version.as_deref(), Some("2025-06-18"));
+        assert!(initialize_params(b"{}").is_none());
     }
 
     #[test]

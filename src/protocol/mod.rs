@@ -3,3 +3,4 @@
 
 pub mod headers;
 pub mod jsonrpc;
+pub mod unknown_session;

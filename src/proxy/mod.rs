@@ -6,16 +6,24 @@
 //! complete (request_body_filter), so the envelope is known before the upstream gets a byte of
 //! body; path, Host and request id set for the upstream (upstream_request_filter); response
 //! headers decorated (response_filter); one access line and the metrics (logging).
+//!
+//! A request with a session id is routed by the session layer (`crate::session`, which
+//! explains every case): to the local MCP server, to the owner pod's sidecar over the signed
+//! hop, or through a recovery. Requests arriving on the peer listener must carry a valid hop.
 
 mod body;
 mod cors;
+mod hop;
 mod reply;
 
 use crate::config::Config;
 use crate::metrics::METRICS;
-use crate::protocol::headers::{self, MCP_SESSION_ID, X_REQUEST_ID};
-use crate::protocol::jsonrpc::{code, Envelope};
+use crate::protocol::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_REQUEST_ID};
+use crate::protocol::jsonrpc::{code, initialize_params, Envelope};
+use crate::protocol::unknown_session::may_be_unknown_session;
 use crate::route::{Route, RouteTable};
+use crate::session::{Decision, Sessions};
+use crate::store::{unix_now, SessionRecord};
 use async_trait::async_trait;
 use body::{envelope_of, BodyBuffer, BodyProgress};
 use bytes::Bytes;
@@ -36,6 +44,10 @@ const PRE_READ_LIMIT: usize = 64 * 1024;
 /// The sidecar's proxy logic, shared by all worker threads.
 pub struct Sidecar {
     routes: RouteTable,
+    sessions: Arc<Sessions>,
+    /// Requests arriving on this port come from peer sidecars.
+    peer_port: u16,
+    peer_secret: Option<Vec<u8>>,
     cors: Option<Arc<Cors>>,
     max_body: usize,
     connect_timeout: Duration,
@@ -45,9 +57,18 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub fn new(config: &Config) -> Result<Sidecar, String> {
+    pub fn new(config: &Config, sessions: Arc<Sessions>) -> Result<Sidecar, String> {
+        let peer_port = config
+            .server
+            .peer_listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| e.to_string())?
+            .port();
         Ok(Sidecar {
             routes: RouteTable::from_config(config)?,
+            sessions,
+            peer_port,
+            peer_secret: config.peer_secret().map(|s| s.as_bytes().to_vec()),
             cors: config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
             max_body: config.limits.max_body,
             connect_timeout: config.timeouts.connect,
@@ -56,6 +77,28 @@ impl Sidecar {
             upstream_write: config.timeouts.upstream_write,
         })
     }
+}
+
+/// Where a session's request is sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    /// This pod's MCP server.
+    Upstream,
+    /// The owner pod's peer listener.
+    Owner(String),
+}
+
+/// The session a request belongs to, as the session layer routed it.
+struct SessionCtx {
+    /// What the client sends and must keep seeing.
+    client_sid: String,
+    /// What the local MCP server knows (differs after a recovery).
+    upstream_sid: String,
+    target: Target,
+    /// How it was routed, for the access line: local, forwarded, recovered.
+    via: &'static str,
+    /// A request gets one retry through recovery, never more.
+    retried: bool,
 }
 
 /// Per-request state.
@@ -75,6 +118,13 @@ pub struct RequestCtx {
     rpc_label: &'static str,
     cors: Option<(Arc<Cors>, String)>,
     upstream_error: Option<&'static str>,
+    /// Arrived on the peer listener with a verified hop.
+    from_peer: bool,
+    session: Option<SessionCtx>,
+    /// An `initialize` request's raw params and protocol version, kept to capture the session.
+    init: Option<(String, Option<String>)>,
+    /// Set when the next upstream_peer must recover the session first, with the reason.
+    recover: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -94,6 +144,9 @@ impl RequestCtx {
         match envelope_of(full) {
             Some(Ok(env)) => {
                 self.rpc_label = env.label();
+                if env.method() == Some("initialize") {
+                    self.init = initialize_params(full);
+                }
                 self.envelope = Some(env);
             }
             Some(Err(_)) => self.rpc_label = "invalid",
@@ -163,6 +216,170 @@ impl Sidecar {
         }
         Ok(())
     }
+
+    /// Decides where a request with a session id goes (see `crate::session`).
+    async fn route_session(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let req = session.req_header();
+        let Some(sid) = req
+            .headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(());
+        };
+        let route = ctx.route.clone().expect("admitted requests have a route");
+        let decision = if ctx.from_peer {
+            self.sessions
+                .resolve_forwarded(sid, &route.server_name)
+                .await
+        } else {
+            self.sessions.resolve(sid, &route.server_name).await
+        };
+        let (decision, via) = match decision {
+            Decision::Recover(record) => {
+                let path = route.upstream_path_and_query(req.uri.path(), None);
+                let d = self
+                    .sessions
+                    .recover(record, &route, &path, "owner pod gone")
+                    .await
+                    .map_err(|e| {
+                        Refusal::new(
+                            502,
+                            code::SERVER_ERROR,
+                            format!("session could not be recovered: {e}"),
+                        )
+                    })?;
+                (d, "recovered")
+            }
+            d => (d, "local"),
+        };
+        let (upstream_sid, target, via) =
+            match decision {
+                Decision::Local { upstream_sid } => (upstream_sid, Target::Upstream, via),
+                Decision::Forward { owner } => (sid.to_string(), Target::Owner(owner), "forwarded"),
+                Decision::Unknown | Decision::Recover(_) => {
+                    return Err(Refusal::new(
+                        404,
+                        code::SESSION_NOT_FOUND,
+                        "Session not found",
+                    ))
+                }
+                Decision::StoreUnavailable => return Err(Refusal::new(
+                    503,
+                    code::SERVER_ERROR,
+                    "session store unavailable and the session is not on this pod; retry shortly",
+                )),
+            };
+        ctx.session = Some(SessionCtx {
+            client_sid: sid.to_string(),
+            upstream_sid,
+            target,
+            via,
+            retried: false,
+        });
+        // a body past Pingora's retry buffer cannot be resent if the MCP server turns out to
+        // have forgotten the session, so ask it before sending
+        let has_body = ctx.content_length.is_none_or(|n| n > 0) && req.method == http::Method::POST;
+        if has_body
+            && !ctx.body_complete
+            && ctx
+                .session
+                .as_ref()
+                .is_some_and(|s| s.target == Target::Upstream)
+        {
+            if let Err(e) = self.recover_if_forgotten(session, ctx).await {
+                return Err(Refusal::new(
+                    502,
+                    code::SERVER_ERROR,
+                    format!("session could not be recovered: {e}"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes the local MCP server and recovers the session if it forgot it.
+    async fn recover_if_forgotten(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), String> {
+        let route = ctx.route.clone().expect("routed");
+        let path = route.upstream_path_and_query(session.req_header().uri.path(), None);
+        let version = session
+            .req_header()
+            .headers
+            .get(MCP_PROTOCOL_VERSION)
+            .and_then(|v| v.to_str().ok());
+        let s = ctx.session.as_mut().expect("routed");
+        if self
+            .sessions
+            .upstream_forgot(&route, &path, &s.upstream_sid, version)
+            .await
+        {
+            ctx.recover = Some("MCP server forgot the session");
+            self.recover_now(session, ctx).await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the recovery `ctx.recover` asks for and points the request at the result.
+    async fn recover_now(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), String> {
+        let Some(reason) = ctx.recover.take() else {
+            return Ok(());
+        };
+        let route = ctx.route.clone().expect("routed");
+        let path = route.upstream_path_and_query(session.req_header().uri.path(), None);
+        let s = ctx.session.as_mut().expect("only session requests recover");
+        let record = match self.sessions.local_record(&s.client_sid) {
+            Some(r) => r,
+            None => self
+                .sessions
+                .store()
+                .load_session(&s.client_sid)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or("the session record is gone")?,
+        };
+        match self.sessions.recover(record, &route, &path, reason).await {
+            Ok(Decision::Local { upstream_sid }) => {
+                s.upstream_sid = upstream_sid;
+                s.target = Target::Upstream;
+            }
+            Ok(Decision::Forward { owner }) => {
+                s.upstream_sid = s.client_sid.clone();
+                s.target = Target::Owner(owner);
+            }
+            Ok(_) => return Err("the session could not be placed".into()),
+            Err(e) => return Err(e.to_string()),
+        }
+        s.via = "recovered";
+        Ok(())
+    }
+
+    /// Whether Pingora can resend this request (no body, or one in its retry buffer).
+    fn can_resend(&self, session: &Session, ctx: &RequestCtx) -> bool {
+        ctx.content_length.is_some_and(|n| n <= PRE_READ_LIMIT)
+            || session.req_header().method == http::Method::GET
+            || session.req_header().method == http::Method::DELETE
+    }
+
+    /// The session record an initialize response creates.
+    fn new_record(&self, ctx: &RequestCtx, upstream_sid: &str) -> Option<SessionRecord> {
+        let (params, version) = ctx.init.clone()?;
+        let now = unix_now();
+        Some(SessionRecord {
+            session_id: upstream_sid.to_string(),
+            upstream_session_id: upstream_sid.to_string(),
+            owner: self.sessions.settings.me.clone(),
+            server_name: ctx.route.as_ref()?.server_name.clone(),
+            user: None,
+            protocol_version: version,
+            init_params: Some(params),
+            created_at: now,
+            last_seen: now,
+        })
+    }
 }
 
 #[async_trait]
@@ -182,6 +399,10 @@ impl ProxyHttp for Sidecar {
             rpc_label: "none",
             cors: None,
             upstream_error: None,
+            from_peer: false,
+            session: None,
+            init: None,
+            recover: None,
         }
     }
 
@@ -220,19 +441,53 @@ impl ProxyHttp for Sidecar {
         {
             self.pre_read_body(session, ctx).await?;
         }
+        ctx.from_peer = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| a.port() == self.peer_port);
+        let routed = match hop::check(
+            session.req_header(),
+            ctx.from_peer,
+            self.peer_secret.as_deref(),
+        ) {
+            Ok(()) => self.route_session(session, ctx).await,
+            Err(refusal) => Err(refusal),
+        };
+        if let Err(refusal) = routed {
+            session.set_keepalive(None);
+            reply::send(session, ctx, &refusal).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if ctx.recover.is_some() {
+            // a retry: the owner vanished or the MCP server forgot the session
+            if let Err(e) = self.recover_now(session, ctx).await {
+                warn!("request_id={} session recovery failed: {e}", ctx.request_id);
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(502),
+                    "session could not be recovered",
+                );
+            }
+        }
         let route = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
-        let mut peer = HttpPeer::new(route.upstream_addr, false, String::new());
+        let addr = match ctx.session.as_ref().map(|s| &s.target) {
+            Some(Target::Owner(owner)) => owner.parse::<std::net::SocketAddr>().or_err(
+                ErrorType::InternalError,
+                "owner address in the store is not ip:port",
+            )?,
+            _ => route.upstream_addr,
+        };
+        let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.idle_timeout = Some(self.upstream_idle);
         peer.options.read_timeout = self.upstream_read;
@@ -244,12 +499,55 @@ impl ProxyHttp for Sidecar {
         &self,
         _session: &mut Session,
         _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        // the upstream is on this pod's loopback: retrying a refused connect only delays the 502
-        e.set_retry(false);
+        match ctx.session.as_mut() {
+            // the owner's sidecar does not answer: the pod is gone, recover here once
+            Some(s) if matches!(s.target, Target::Owner(_)) && !s.retried => {
+                s.retried = true;
+                ctx.recover = Some("owner pod unreachable");
+                e.set_retry(true);
+            }
+            // the MCP server is on this pod's loopback: retrying a refused connect only delays
+            // the 502
+            _ => e.set_retry(false),
+        }
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if ctx.recover.is_some() {
+            // upstream_response_filter asked for one retry through recovery
+            return e;
+        }
+        // Pingora's default: never retry what is not idempotent or not fully buffered
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+        _e: &Error,
+        _context: pingora::proxy::ProxyWarnLogContext,
+    ) -> bool {
+        // a retry through recovery is logged by the session layer
+        ctx.recover.is_some()
     }
 
     async fn request_body_filter(
@@ -284,6 +582,20 @@ impl ProxyHttp for Sidecar {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
+        hop::strip(upstream_request);
+        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if let Some(s) = &ctx.session {
+            if let Target::Owner(_) = s.target {
+                // the owner's sidecar routes the client's own path; it serves as if local
+                let secret = self.peer_secret.as_deref().ok_or_else(|| {
+                    Error::explain(ErrorType::InternalError, "forwarding without peer.secret")
+                })?;
+                return hop::sign(upstream_request, secret, &self.sessions.settings.me);
+            }
+            if s.upstream_sid != s.client_sid {
+                upstream_request.insert_header(MCP_SESSION_ID, s.upstream_sid.as_str())?;
+            }
+        }
         if route.prefix != route.upstream_path {
             let uri = &session.req_header().uri;
             let target = route.upstream_path_and_query(uri.path(), uri.query());
@@ -298,19 +610,93 @@ impl ProxyHttp for Sidecar {
             // localhost allow-list and refuse
             upstream_request.remove_header("origin");
         }
-        upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        let suspect = ctx.session.as_ref().is_some_and(|s| {
+            s.target == Target::Upstream && !s.retried && may_be_unknown_session(status)
+        });
+        if suspect && self.can_resend(session, ctx) {
+            let route = ctx.route.clone().expect("routed");
+            let path = route.upstream_path_and_query(session.req_header().uri.path(), None);
+            let version = session
+                .req_header()
+                .headers
+                .get(MCP_PROTOCOL_VERSION)
+                .and_then(|v| v.to_str().ok());
+            let s = ctx.session.as_mut().expect("suspect implies a session");
+            if self
+                .sessions
+                .upstream_forgot(&route, &path, &s.upstream_sid, version)
+                .await
+            {
+                s.retried = true;
+                ctx.recover = Some("MCP server forgot the session");
+                let mut e = Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "MCP server forgot the session",
+                );
+                e.set_retry(true);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.responded = Some(Instant::now());
+        let now = Instant::now();
+        ctx.responded = Some(now);
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         ctx.apply_cors(upstream_response);
+        let ok = upstream_response.status.is_success();
+        match &ctx.session {
+            // a new session: only a 2xx answer to initialize creates one (the Python SDK hands
+            // out orphan ids on its 400s)
+            None if ok && ctx.init.is_some() => {
+                let sid = upstream_response
+                    .headers
+                    .get(MCP_SESSION_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| headers::is_valid_session_id(v.as_bytes()));
+                if let Some(record) = sid.and_then(|sid| self.new_record(ctx, sid)) {
+                    self.sessions.capture(record).await;
+                }
+            }
+            Some(s) if s.target == Target::Upstream => {
+                if s.upstream_sid != s.client_sid
+                    && upstream_response.headers.contains_key(MCP_SESSION_ID)
+                {
+                    upstream_response.insert_header(MCP_SESSION_ID, s.client_sid.as_str())?;
+                }
+                if ok && session.req_header().method == http::Method::DELETE {
+                    if let Err(e) = self.sessions.forget(&s.client_sid).await {
+                        warn!(
+                            "session {} ended upstream but not in the store: {e}",
+                            s.client_sid
+                        );
+                    }
+                }
+            }
+            Some(_) => {
+                METRICS.sessions.with_label_values(&["forwarded"]).inc();
+                METRICS
+                    .forward_latency
+                    .observe((now - ctx.started).as_secs_f64());
+            }
+            None => {}
+        }
         Ok(())
     }
 
@@ -399,7 +785,7 @@ impl ProxyHttp for Sidecar {
         // the path only: a query string may carry a hub key
         info!(
             target: "access",
-            "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}",
+            "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}",
             ctx.request_id,
             client,
             req.method,
@@ -410,6 +796,8 @@ impl ProxyHttp for Sidecar {
             elapsed.as_secs_f64() * 1000.0,
             ctx.started.elapsed().as_secs_f64() * 1000.0,
             session_id,
+            ctx.session.as_ref().map(|s| format!(" via={}", s.via)).unwrap_or_default(),
+            if ctx.from_peer { " from_peer=true" } else { "" },
             ctx.upstream_error.map(|k| format!(" upstream_error={k}")).unwrap_or_default(),
             e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
         );

@@ -113,12 +113,17 @@ impl Proc {
         }
     }
 
-    /// Waits until `port` accepts connections.
+    /// Waits until `port` accepts connections on 127.0.0.1.
     pub fn wait_port(&mut self, port: u16) {
+        self.wait_addr("127.0.0.1", port)
+    }
+
+    /// Waits until `ip:port` accepts connections.
+    pub fn wait_addr(&mut self, ip: &str, port: u16) {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             self.assert_running();
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            if TcpStream::connect((ip, port)).is_ok() {
                 return;
             }
             assert!(
@@ -249,22 +254,32 @@ impl Everything {
 /// The sidecar binary under test.
 pub struct Sidecar {
     pub proc: Proc,
+    pub ip: String,
     pub port: u16,
     pub admin_port: u16,
+    pub peer_port: u16,
     pub config: PathBuf,
 }
 
+/// The peer secret every multi-pod test shares.
+pub const PEER_SECRET: &str = "test-peer-secret-0123456789";
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
 impl Sidecar {
-    /// Starts the sidecar with `body` (routes and any other sections) below a generated
-    /// `server:` section on free ports.
+    /// Starts the sidecar on 127.0.0.1 with `body` (routes and any other sections) below a
+    /// generated `server:` section on free ports.
     pub fn start(dir: &Path, body: &str) -> Sidecar {
-        let port = free_port();
-        let admin_port = free_port();
+        Self::start_on(dir, "127.0.0.1", body)
+    }
+
+    /// The same on another loopback address (one "pod" each).
+    pub fn start_on(dir: &Path, ip: &str, body: &str) -> Sidecar {
+        let (port, admin_port, peer_port) = (free_port(), free_port(), free_port());
         let config = dir.join(format!("sidecar-{port}.yaml"));
         fs::write(
             &config,
             format!(
-                "server:\n  listen: 127.0.0.1:{port}\n  admin_listen: 127.0.0.1:{admin_port}\n  threads: 2\n  grace_period: 0s\n  shutdown_timeout: 1s\n  pid_file: {dir}/sidecar-{port}.pid\n  upgrade_sock: {dir}/sidecar-{port}.sock\n{body}",
+                "server:\n  listen: {ip}:{port}\n  admin_listen: {ip}:{admin_port}\n  peer_listen: {ip}:{peer_port}\n  threads: 2\n  grace_period: 0s\n  shutdown_timeout: 1s\n  pid_file: {dir}/sidecar-{port}.pid\n  upgrade_sock: {dir}/sidecar-{port}.sock\n{body}",
                 dir = dir.display()
             ),
         )
@@ -272,12 +287,14 @@ impl Sidecar {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"));
         cmd.arg("-c").arg(&config).env("RUST_LOG", "info");
         let mut proc = Proc::spawn(dir, &format!("sidecar-{port}"), cmd);
-        proc.wait_port(admin_port);
-        proc.wait_port(port);
+        proc.wait_addr(ip, admin_port);
+        proc.wait_addr(ip, port);
         Sidecar {
             proc,
+            ip: ip.to_string(),
             port,
             admin_port,
+            peer_port,
             config,
         }
     }
@@ -288,11 +305,16 @@ impl Sidecar {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
+        format!("http://{}:{}{path}", self.ip, self.port)
     }
 
     pub fn admin(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.admin_port)
+        format!("http://{}:{}{path}", self.ip, self.admin_port)
+    }
+
+    /// This pod's identity in the store (its advertised peer address).
+    pub fn peer_address(&self) -> String {
+        format!("{}:{}", self.ip, self.peer_port)
     }
 
     pub fn log(&self) -> String {

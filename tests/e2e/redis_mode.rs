@@ -60,7 +60,7 @@ async fn redis_outage_degrades_readiness_but_not_traffic() {
     let sidecar = Sidecar::start(
         &dir,
         &format!(
-            "redis: {{url: '{}'}}\nroutes:\n{}",
+            "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{}",
             redis.url(),
             Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "demo")
         ),

@@ -1,0 +1,41 @@
+//! This pod's registration in the store: renewed every heartbeat interval, removed at shutdown
+//! so peers recover this pod's sessions at once instead of waiting for the registration to
+//! expire.
+
+use super::Sessions;
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::Arc;
+
+pub struct Heartbeat {
+    sessions: Arc<Sessions>,
+}
+
+impl Heartbeat {
+    pub fn new(sessions: Arc<Sessions>) -> Heartbeat {
+        Heartbeat { sessions }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Heartbeat {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let info = serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "started_at": crate::store::unix_now(),
+        })
+        .to_string();
+        let mut tick = tokio::time::interval(self.sessions.settings.heartbeat_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    self.sessions.deregister().await;
+                    return;
+                }
+                _ = tick.tick() => self.sessions.heartbeat(&info).await,
+            }
+        }
+    }
+}

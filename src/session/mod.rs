@@ -1,0 +1,443 @@
+//! Where a request with a session id goes. This file answers "what happens to a request that
+//! arrives with session X on the wrong pod?":
+//!
+//! 1. X is in this pod's local table: it is owned here. Proxy to the local MCP server under the
+//!    upstream id X maps to. No store round trip; the store's TTL is refreshed at most once per
+//!    `refresh_interval`, in the background.
+//! 2. Otherwise the store is asked. No record: nobody knows X; answer 404 so the client
+//!    re-initializes (the spec's rule). A record owned by this pod (this sidecar restarted):
+//!    adopt it. A record owned by another pod whose registration stands: forward to that pod's
+//!    sidecar over the signed peer hop (`peer.rs`). The owner serves it as its own.
+//! 3. The owner is gone (no registration, or its peer port refuses): recover. Replay the
+//!    stored `initialize` and `notifications/initialized` to the local MCP server, map X to the
+//!    new upstream id, take ownership in the store, and send the request on. The client keeps X.
+//!    A lock in the store makes concurrent requests of one session recover it once.
+//! 4. The local MCP server answers that it does not know the session (it restarted): the
+//!    sidecar probes with a `ping` to be sure, recovers as in 3, and retries the request.
+//!
+//! When the store is down, sessions in the local table keep working, new sessions open and are
+//! kept locally, and the heartbeat registers them again once the store is back (also when it
+//! comes back empty).
+
+pub mod heartbeat;
+mod local;
+pub mod upstream_call;
+
+use crate::metrics::METRICS;
+use crate::protocol::headers::{is_valid_session_id, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use crate::protocol::unknown_session::is_unknown_session;
+use crate::route::Route;
+use crate::store::{unix_now, SessionRecord, SessionStore, StoreError};
+use local::LocalTable;
+use log::{info, warn};
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How the session layer behaves; from the `session` section of the configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub ttl: Duration,
+    pub refresh_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub pod_ttl: Duration,
+    pub recovery_timeout: Duration,
+    /// This pod's advertised peer address: the `owner` of the sessions it holds.
+    pub me: String,
+}
+
+/// Where a request for a session goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Owned here; the local MCP server knows the session under `upstream_sid`.
+    Local { upstream_sid: String },
+    /// Owned by another live pod; forward to its peer address.
+    Forward { owner: String },
+    /// The owner is gone: replay the session here.
+    Recover(SessionRecord),
+    /// No pod knows the session.
+    Unknown,
+    /// Not owned here, and the store cannot say where it is.
+    StoreUnavailable,
+}
+
+/// Why a session could not be recovered.
+#[derive(Debug)]
+pub enum RecoveryError {
+    /// The record has no initialize params to replay (written by an older sidecar).
+    NothingToReplay,
+    /// The MCP server did not take the replayed initialize.
+    Refused(u16),
+    Unreachable(std::io::Error),
+    /// Another request was recovering the session and did not finish in time.
+    Timeout,
+}
+
+impl fmt::Display for RecoveryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecoveryError::NothingToReplay => {
+                f.write_str("the session has no stored initialize to replay")
+            }
+            RecoveryError::Refused(s) => write!(
+                f,
+                "the MCP server answered the replayed initialize with {s}"
+            ),
+            RecoveryError::Unreachable(e) => write!(f, "the MCP server could not be reached: {e}"),
+            RecoveryError::Timeout => {
+                f.write_str("the session is being recovered by another request; timed out waiting")
+            }
+        }
+    }
+}
+
+/// Ids the sidecar uses for its own JSON-RPC requests, so they never collide with a client's.
+const RECOVERY_ID: &str = "\"mcp-sidecar-recovery\"";
+const PROBE_ID: &str = "\"mcp-sidecar-probe\"";
+
+/// The session layer, shared by all requests and the heartbeat.
+pub struct Sessions {
+    store: Arc<dyn SessionStore>,
+    local: LocalTable,
+    pub settings: Settings,
+    /// The store missed writes (it was down, or lost its data): re-register local sessions.
+    needs_resync: AtomicBool,
+}
+
+impl Sessions {
+    pub fn new(store: Arc<dyn SessionStore>, settings: Settings) -> Arc<Sessions> {
+        Arc::new(Sessions {
+            store,
+            local: LocalTable::default(),
+            settings,
+            needs_resync: AtomicBool::new(false),
+        })
+    }
+
+    pub fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
+    }
+
+    fn store_failed(&self, what: &str, sid: &str, e: &StoreError) {
+        warn!("session {sid}: {what}: {e}; kept locally, will re-register when the store is back");
+        self.needs_resync.store(true, Ordering::Relaxed);
+    }
+
+    /// Where a client's request for `sid` on route `server` goes.
+    pub async fn resolve(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+        if let Some(d) = self.resolve_local(sid, server) {
+            return d;
+        }
+        let record = match self.store.load_session(sid).await {
+            Ok(Some(r)) if r.server_name == server => r,
+            Ok(_) => return Decision::Unknown,
+            Err(_) => return Decision::StoreUnavailable,
+        };
+        if record.owner == self.settings.me {
+            return self.adopt(record);
+        }
+        match self.store.pod_alive(&record.owner).await {
+            Ok(true) => Decision::Forward {
+                owner: record.owner,
+            },
+            Ok(false) => Decision::Recover(record),
+            Err(_) => Decision::StoreUnavailable,
+        }
+    }
+
+    /// Where a request forwarded by a peer goes: only ever here (a hop is never forwarded
+    /// again), and only if this pod owns the session.
+    pub async fn resolve_forwarded(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+        if let Some(d) = self.resolve_local(sid, server) {
+            return d;
+        }
+        match self.store.load_session(sid).await {
+            Ok(Some(r)) if r.server_name == server && r.owner == self.settings.me => self.adopt(r),
+            Ok(_) => Decision::Unknown,
+            Err(_) => Decision::StoreUnavailable,
+        }
+    }
+
+    fn resolve_local(self: &Arc<Self>, sid: &str, server: &str) -> Option<Decision> {
+        let hit = self
+            .local
+            .get(sid, server, self.settings.refresh_interval)?;
+        if hit.refresh_due {
+            self.refresh_later(sid.to_string());
+        }
+        Some(Decision::Local {
+            upstream_sid: hit.upstream_sid,
+        })
+    }
+
+    /// A record owned by this pod that the local table lost (the sidecar restarted).
+    fn adopt(&self, record: SessionRecord) -> Decision {
+        let upstream_sid = record.upstream_session_id.clone();
+        info!(
+            "session {} adopted from the store (owned by this pod)",
+            record.session_id
+        );
+        self.local.insert(record);
+        Decision::Local { upstream_sid }
+    }
+
+    /// Slides the store's TTL off the request path.
+    fn refresh_later(self: &Arc<Self>, sid: String) {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let ttl = this.settings.ttl;
+            match this.store.touch_session(&sid, unix_now(), ttl).await {
+                Ok(true) => {}
+                // the record is gone: deleted on purpose, unless the store lost everything
+                Ok(false) => match this.store.pod_alive(&this.settings.me).await {
+                    Ok(true) => {
+                        if this.local.remove(&sid) {
+                            info!("session {sid} was deleted from the store; dropped locally");
+                            METRICS.sessions.with_label_values(&["deleted"]).inc();
+                        }
+                    }
+                    _ => this.needs_resync.store(true, Ordering::Relaxed),
+                },
+                Err(e) => this.store_failed("TTL refresh failed", &sid, &e),
+            }
+        });
+    }
+
+    /// Records a session an upstream just created (a 2xx initialize response).
+    pub async fn capture(&self, record: SessionRecord) {
+        let sid = record.session_id.clone();
+        info!(
+            "session {sid} confirmed from initialize response (server {}, protocol {})",
+            record.server_name,
+            record.protocol_version.as_deref().unwrap_or("-")
+        );
+        self.local.insert(record.clone());
+        METRICS.sessions.with_label_values(&["created"]).inc();
+        match self.store.save_session(&record, self.settings.ttl).await {
+            Ok(()) => info!(
+                "session {sid} saved to {} store (owner {}, ttl {}s)",
+                self.store.backend().as_str(),
+                record.owner,
+                self.settings.ttl.as_secs()
+            ),
+            Err(e) => self.store_failed("saving failed", &sid, &e),
+        }
+    }
+
+    /// Ends a session everywhere (DELETE, admin API).
+    pub async fn forget(&self, sid: &str) -> Result<bool, StoreError> {
+        let local = self.local.remove(sid);
+        let stored = self.store.delete_session(sid).await?;
+        if local || stored {
+            info!("session {sid} deleted");
+            METRICS.sessions.with_label_values(&["deleted"]).inc();
+        }
+        Ok(local || stored)
+    }
+
+    /// The record of a session owned here, if any.
+    pub fn local_record(&self, sid: &str) -> Option<SessionRecord> {
+        self.local.record(sid)
+    }
+
+    pub fn local_count(&self) -> usize {
+        self.local.len()
+    }
+
+    /// Asks the local MCP server whether it still knows `upstream_sid`, with a `ping`.
+    pub async fn upstream_forgot(
+        &self,
+        route: &Route,
+        path: &str,
+        upstream_sid: &str,
+        protocol_version: Option<&str>,
+    ) -> bool {
+        let body = format!(r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"ping"}}"#);
+        let mut headers = vec![(MCP_SESSION_ID, upstream_sid)];
+        if let Some(v) = protocol_version {
+            headers.push((MCP_PROTOCOL_VERSION, v));
+        }
+        match upstream_call::post(
+            route.upstream_addr,
+            &route.upstream_authority,
+            path,
+            &headers,
+            body.as_bytes(),
+            self.settings.recovery_timeout,
+        )
+        .await
+        {
+            Ok(a) => is_unknown_session(a.status, &a.body),
+            Err(_) => false,
+        }
+    }
+
+    /// Recovers `record` on this pod, or waits for the request that already does. Returns
+    /// where the session now lives.
+    pub async fn recover(
+        &self,
+        record: SessionRecord,
+        route: &Route,
+        path: &str,
+        reason: &str,
+    ) -> Result<Decision, RecoveryError> {
+        let sid = record.session_id.clone();
+        let lock = format!("recover:{sid}");
+        let token = format!("{}/{}", self.settings.me, uuid::Uuid::new_v4());
+        let deadline = Instant::now() + self.settings.recovery_timeout;
+        loop {
+            match self
+                .store
+                .try_lock(&lock, &token, self.settings.recovery_timeout * 2)
+                .await
+            {
+                Ok(true) => {
+                    let result = self.replay(record, route, path, reason).await;
+                    let _ = self.store.unlock(&lock, &token).await;
+                    return result;
+                }
+                // without the store there is no one to coordinate with
+                Err(_) => return self.replay(record, route, path, reason).await,
+                Ok(false) => {}
+            }
+            // someone else is recovering it: wait until the record moves
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if let Ok(Some(now)) = self.store.load_session(&sid).await {
+                if now.upstream_session_id != record.upstream_session_id
+                    || now.owner != record.owner
+                {
+                    return Ok(if now.owner == self.settings.me {
+                        self.adopt(now)
+                    } else {
+                        Decision::Forward { owner: now.owner }
+                    });
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(RecoveryError::Timeout);
+            }
+        }
+    }
+
+    async fn replay(
+        &self,
+        mut record: SessionRecord,
+        route: &Route,
+        path: &str,
+        reason: &str,
+    ) -> Result<Decision, RecoveryError> {
+        let started = Instant::now();
+        let params = record
+            .init_params
+            .as_deref()
+            .ok_or(RecoveryError::NothingToReplay)?;
+        let init = format!(
+            r#"{{"jsonrpc":"2.0","id":{RECOVERY_ID},"method":"initialize","params":{params}}}"#
+        );
+        let call = |headers: Vec<(&'static str, String)>, body: String| async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            upstream_call::post(
+                route.upstream_addr,
+                &route.upstream_authority,
+                path,
+                &headers,
+                body.as_bytes(),
+                self.settings.recovery_timeout,
+            )
+            .await
+            .map_err(RecoveryError::Unreachable)
+        };
+        let answer = call(Vec::new(), init).await?;
+        let new_sid = answer
+            .header(MCP_SESSION_ID)
+            .filter(|s| (200..300).contains(&answer.status) && is_valid_session_id(s.as_bytes()))
+            .ok_or(RecoveryError::Refused(answer.status))?
+            .to_string();
+        let mut headers = vec![(MCP_SESSION_ID, new_sid.clone())];
+        if let Some(v) = &record.protocol_version {
+            headers.push((MCP_PROTOCOL_VERSION, v.clone()));
+        }
+        let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string();
+        let answer = call(headers, initialized).await?;
+        if !(200..300).contains(&answer.status) {
+            return Err(RecoveryError::Refused(answer.status));
+        }
+        let previous_owner = std::mem::replace(&mut record.owner, self.settings.me.clone());
+        record.upstream_session_id = new_sid.clone();
+        record.last_seen = unix_now();
+        let sid = record.session_id.clone();
+        self.local.insert(record.clone());
+        if let Err(e) = self.store.save_session(&record, self.settings.ttl).await {
+            self.store_failed("saving the recovered session failed", &sid, &e);
+        }
+        METRICS.sessions.with_label_values(&["recovered"]).inc();
+        info!(
+            "session {sid} recovered ({reason}): initialize replayed to {}, upstream session {new_sid}, previous owner {previous_owner}, took {} ms",
+            route.server_name,
+            started.elapsed().as_millis()
+        );
+        Ok(Decision::Local {
+            upstream_sid: new_sid,
+        })
+    }
+
+    /// One heartbeat: renew this pod's registration; re-register local sessions when the
+    /// store lost them; drop sessions idle past their TTL.
+    pub async fn heartbeat(&self, info: &str) {
+        match self
+            .store
+            .heartbeat_pod(&self.settings.me, info, self.settings.pod_ttl)
+            .await
+        {
+            Ok(existed) => {
+                let resync = self.needs_resync.swap(false, Ordering::Relaxed);
+                if !existed || resync {
+                    self.resync().await;
+                }
+            }
+            Err(_) => self.needs_resync.store(true, Ordering::Relaxed),
+        }
+        let expired = self.local.expire_idle(self.settings.ttl);
+        if expired > 0 {
+            info!("{expired} idle sessions expired");
+            METRICS
+                .sessions
+                .with_label_values(&["expired"])
+                .inc_by(expired as u64);
+        }
+    }
+
+    async fn resync(&self) {
+        let records = self.local.all();
+        if records.is_empty() {
+            return;
+        }
+        let mut saved = 0;
+        for r in &records {
+            match self.store.save_session(r, self.settings.ttl).await {
+                Ok(()) => saved += 1,
+                Err(_) => {
+                    self.needs_resync.store(true, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        info!(
+            "re-registered {saved} of {} local sessions with the store",
+            records.len()
+        );
+    }
+
+    /// Removes this pod's registration (shutdown), so peers recover its sessions at once.
+    pub async fn deregister(&self) {
+        match self.store.remove_pod(&self.settings.me).await {
+            Ok(()) => info!(
+                "pod {} deregistered; peers take over its sessions",
+                self.settings.me
+            ),
+            Err(e) => warn!("pod {} could not deregister: {e}", self.settings.me),
+        }
+    }
+}

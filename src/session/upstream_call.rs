@@ -1,0 +1,154 @@
+//! The sidecar's own requests to its local MCP server: replaying a session's initialize and
+//! probing whether the server still knows a session. A deliberately small HTTP/1.1 client:
+//! loopback only, `Connection: close`, bounded in time and size.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Answers larger than this are cut (an initialize or ping answer is a few KiB).
+const MAX_ANSWER: usize = 1024 * 1024;
+
+/// What the upstream answered.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// Lower-cased header names.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// POSTs `body` to `path` and reads the whole answer (JSON or a finite SSE stream).
+pub async fn post(
+    addr: SocketAddr,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let mut head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {authority}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(name);
+            head.push_str(": ");
+            head.push_str(value);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body).await?;
+        let mut raw = Vec::with_capacity(4096);
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 || raw.len() + n > MAX_ANSWER {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        parse(&raw)
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "upstream did not answer in time",
+        )
+    })?
+}
+
+fn invalid(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// Parses a complete HTTP/1.1 response.
+fn parse(raw: &[u8]) -> std::io::Result<Answer> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| invalid("incomplete response head"))?;
+    let head =
+        std::str::from_utf8(&raw[..end]).map_err(|_| invalid("response head is not UTF-8"))?;
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| invalid("bad status line"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(n, v)| n == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Decodes chunked transfer coding as far as it is complete.
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
+        let size = std::str::from_utf8(&data[..line_end])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size else { break };
+        let start = line_end + 2;
+        if size == 0 || data.len() < start + size {
+            out.extend_from_slice(&data[start..data.len().min(start + size)]);
+            break;
+        }
+        out.extend_from_slice(&data[start..start + size]);
+        data = data.get(start + size + 2..).unwrap_or_default();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_content_length_and_chunked_answers() {
+        let a = parse(b"HTTP/1.1 200 OK\r\nMcp-Session-Id: abc\r\nContent-Length: 2\r\n\r\n{}")
+            .unwrap();
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("mcp-session-id"), Some("abc"));
+        assert_eq!(a.body, b"{}");
+        let a = parse(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap();
+        assert_eq!(a.status, 404);
+        assert_eq!(a.body, b"hello world");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(parse(b"").is_err());
+        assert!(parse(b"HTTP/1.1 abc\r\n\r\n").is_err());
+        assert_eq!(dechunk(b"zz\r\nabc"), b"");
+        assert_eq!(dechunk(b"10\r\nabc"), b"abc");
+    }
+}
