@@ -8,6 +8,7 @@ source scripts/lib.sh
 
 need_cmd cmake cmake               # pingora-core -> zlib-ng
 need_cmd redis-server redis-server
+need_cmd nginx nginx-light          # the round-robin "Service" in front of the test pods
 python_venv tests/peers/.venv tests/peers/requirements.txt
 node_peers tests/peers
 

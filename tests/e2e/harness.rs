@@ -194,14 +194,20 @@ pub enum Transport {
 /// A FastMCP server (tests/peers/fastmcp_server.py).
 pub struct FastMcp {
     pub proc: Proc,
+    pub ip: String,
     pub port: u16,
 }
 
 impl FastMcp {
     pub fn start(dir: &Path, transport: Transport) -> FastMcp {
-        let port = free_port();
+        Self::start_on(dir, "127.0.0.1", free_port(), transport)
+    }
+
+    /// On a given loopback address and port (a restart reuses the port).
+    pub fn start_on(dir: &Path, ip: &str, port: u16, transport: Transport) -> FastMcp {
         let mut cmd = Command::new(python());
         cmd.arg(peers().join("fastmcp_server.py"))
+            .args(["--host", ip])
             .args(["--port", &port.to_string()])
             .args(["--name", &format!("fastmcp-{port}")])
             .args([
@@ -212,12 +218,16 @@ impl FastMcp {
                 },
             ]);
         let mut proc = Proc::spawn(dir, &format!("fastmcp-{port}"), cmd);
-        proc.wait_port(port);
-        FastMcp { proc, port }
+        proc.wait_addr(ip, port);
+        FastMcp {
+            proc,
+            ip: ip.to_string(),
+            port,
+        }
     }
 
     pub fn base(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://{}:{}", self.ip, self.port)
     }
 }
 
@@ -230,6 +240,10 @@ pub struct Everything {
 impl Everything {
     pub fn start(dir: &Path, transport: Transport) -> Everything {
         let port = free_port();
+        Self::start_on_port(dir, port, transport)
+    }
+
+    pub fn start_on_port(dir: &Path, port: u16, transport: Transport) -> Everything {
         let script = require(
             peers().join("node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
             "server-everything",
@@ -351,6 +365,76 @@ fn run_client(mut cmd: Command, what: &str) -> serde_json::Value {
 
 /// The official Python client (tests/peers/py_client.py).
 pub fn python_client(url: &str, transport: Transport, extra: &[&str]) -> serde_json::Value {
+    run_client(python_command(url, transport, extra), "python MCP client")
+}
+
+/// The Python client's outcome, success or failure: `Err` holds what it printed.
+pub fn python_client_outcome(url: &str, extra: &[&str]) -> Result<serde_json::Value, String> {
+    let out = python_command(url, Transport::StreamableHttp, extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    match serde_json::from_str::<serde_json::Value>(stdout.lines().last().unwrap_or_default()) {
+        Ok(v) if out.status.success() && v.get("error").is_none() => Ok(v),
+        _ => Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))),
+    }
+}
+
+/// A Python client that stops after `pause_after` calls until `resume()` is called, so a test
+/// can break things in the middle of a live session.
+pub struct PausedClient {
+    child: Child,
+    resume_file: PathBuf,
+}
+
+impl PausedClient {
+    pub fn start(dir: &Path, url: &str, calls: usize, pause_after: usize) -> PausedClient {
+        use std::io::BufRead;
+        let resume_file = dir.join(format!("resume-{}", free_port()));
+        let mut child = python_command(
+            url,
+            Transport::StreamableHttp,
+            &[
+                "--calls",
+                &calls.to_string(),
+                "--pause-after",
+                &pause_after.to_string(),
+                "--resume-file",
+                resume_file.to_str().unwrap(),
+            ],
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let stdout = child.stdout.as_mut().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "PAUSED",
+            "the client did not reach its pause: {line}"
+        );
+        PausedClient { child, resume_file }
+    }
+
+    /// Lets the client finish; returns what it printed.
+    pub fn resume(self) -> Result<serde_json::Value, String> {
+        fs::write(&self.resume_file, b"go").unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        match serde_json::from_str::<serde_json::Value>(stdout.lines().last().unwrap_or_default()) {
+            Ok(v) if out.status.success() && v.get("error").is_none() => Ok(v),
+            _ => Err(format!("{stdout}{}", String::from_utf8_lossy(&out.stderr))),
+        }
+    }
+}
+
+fn python_command(url: &str, transport: Transport, extra: &[&str]) -> Command {
     let mut cmd = Command::new(python());
     cmd.arg(peers().join("py_client.py"))
         .args(["--url", url])
@@ -362,18 +446,30 @@ pub fn python_client(url: &str, transport: Transport, extra: &[&str]) -> serde_j
             },
         ])
         .args(extra);
-    run_client(cmd, "python MCP client")
+    cmd
 }
 
 /// The official TypeScript client (tests/peers/ts_client.mjs).
 pub fn ts_client(url: &str, transport: Transport) -> serde_json::Value {
+    ts_scenario(url, transport, "everything", None)
+}
+
+/// The TypeScript client running one of its scenarios (see the script's header).
+pub fn ts_scenario(
+    url: &str,
+    transport: Transport,
+    scenario: &str,
+    session_id: Option<&str>,
+) -> serde_json::Value {
     let mut cmd = Command::new(node());
     cmd.arg(peers().join("ts_client.mjs"))
         .arg(url)
         .arg(match transport {
             Transport::StreamableHttp => "streamable",
             Transport::Sse => "sse",
-        });
+        })
+        .arg(scenario)
+        .args(session_id);
     run_client(cmd, "typescript MCP client")
 }
 
@@ -596,9 +692,131 @@ impl Pod {
         }
     }
 
+    /// A pod of a cluster: FastMCP and a sidecar on `ip`, sharing `redis`, route `/mcp`
+    /// named `fastmcp`.
+    pub fn on(dir: &Path, ip: &str, redis: &Redis, extra: &str) -> Pod {
+        let upstream = FastMcp::start_on(dir, ip, free_port(), Transport::StreamableHttp);
+        let route = Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "fastmcp");
+        let sidecar = Sidecar::start_on(
+            dir,
+            ip,
+            &format!(
+                "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{extra}routes:\n{route}",
+                redis.url()
+            ),
+        );
+        Pod {
+            dir: dir.to_path_buf(),
+            upstream,
+            sidecar,
+        }
+    }
+
     /// A Streamable HTTP FastMCP mounted at the root (`/mcp`, `/echo`, `/silent` all reachable),
     /// route named `fastmcp`.
     pub fn root(name: &str) -> Pod {
         Self::start(name, Transport::StreamableHttp, "/", "", "fastmcp", "")
     }
+}
+
+/// nginx balancing request by request, round robin, over `backends` (`ip:port`): the
+/// Kubernetes Service in front of the pods, at its most unfavourable for sticky sessions. A
+/// backend that refuses connections is skipped, as a Service drops a dead pod's endpoint.
+pub struct RoundRobin {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl RoundRobin {
+    pub fn start(dir: &Path, backends: &[String]) -> RoundRobin {
+        let port = free_port();
+        let root = dir.join(format!("nginx-{port}"));
+        fs::create_dir_all(root.join("tmp")).unwrap();
+        let servers: String = backends
+            .iter()
+            .map(|b| format!("    server {b};\n"))
+            .collect();
+        let conf = root.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "worker_processes 1;\ndaemon off;\nerror_log {root}/error.log;\npid {root}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("nginx not installed; run scripts/test.sh");
+        let mut cmd = Command::new(nginx);
+        cmd.arg("-p").arg(&root).arg("-c").arg(&conf);
+        let mut proc = Proc::spawn(dir, &format!("nginx-{port}"), cmd);
+        proc.wait_port(port);
+        RoundRobin { proc, port }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Three "pods" (FastMCP + sidecar, each on its own loopback address) sharing one Redis,
+/// behind a round-robin entry point.
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub redis: Redis,
+    pub pods: Vec<Pod>,
+    pub entry: RoundRobin,
+}
+
+impl Cluster {
+    pub fn start(name: &str, extra: &str) -> Cluster {
+        let dir = test_dir(name);
+        let redis = Redis::start(&dir);
+        let pods: Vec<Pod> = (1..=3)
+            .map(|i| Pod::on(&dir, &format!("127.0.0.{i}"), &redis, extra))
+            .collect();
+        let entry = RoundRobin::start(
+            &dir,
+            &pods
+                .iter()
+                .map(|p| format!("{}:{}", p.sidecar.ip, p.sidecar.port))
+                .collect::<Vec<_>>(),
+        );
+        Cluster {
+            dir,
+            redis,
+            pods,
+            entry,
+        }
+    }
+
+    /// The pod whose sidecar owns a session, by the store's record.
+    pub async fn owner_of(&self, sid: &str) -> usize {
+        let record = admin_sessions(&self.pods[0].sidecar)
+            .await
+            .into_iter()
+            .find(|s| s["sessionId"] == sid)
+            .unwrap_or_else(|| panic!("session {sid} is not in the store"));
+        self.pods
+            .iter()
+            .position(|p| record["owner"] == p.sidecar.peer_address())
+            .unwrap_or_else(|| panic!("owner {} is no pod of this cluster", record["owner"]))
+    }
+}
+
+/// The sessions the admin API lists.
+pub async fn admin_sessions(sidecar: &Sidecar) -> Vec<serde_json::Value> {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(sidecar.admin("/api/admin/sessions"))
+        .header("x-auth-token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["success"], true, "{v}");
+    v["data"].as_array().unwrap().clone()
 }

@@ -15,11 +15,12 @@ from starlette.responses import JSONResponse, StreamingResponse
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int, required=True)
+parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
 parser.add_argument("--name", default="test-server")
 args = parser.parse_args()
 
-mcp = FastMCP(args.name, host="127.0.0.1", port=args.port, log_level="WARNING")
+mcp = FastMCP(args.name, host=args.host, port=args.port, log_level="WARNING")
 calls_per_session: dict[int, int] = {}
 
 

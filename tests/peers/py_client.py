@@ -7,6 +7,7 @@ Prints one JSON object describing what the client saw; exits non-zero on any fai
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from mcp import ClientSession
@@ -18,6 +19,12 @@ parser.add_argument("--url", required=True)
 parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
 parser.add_argument("--calls", type=int, default=1, help="how many add() calls to make")
 parser.add_argument("--header", action="append", default=[], help="NAME=VALUE sent on every request")
+parser.add_argument("--counts", type=int, default=0, help="how many count() calls to make")
+parser.add_argument(
+    "--pause-after", type=int, default=-1,
+    help="after this many add() calls print PAUSED and wait for --resume-file to exist",
+)
+parser.add_argument("--resume-file", default="")
 args = parser.parse_args()
 headers = dict(h.split("=", 1) for h in args.header)
 
@@ -27,16 +34,25 @@ async def scenario(session: ClientSession) -> dict:
     tools = await session.list_tools()
     results = []
     for i in range(args.calls):
+        if i == args.pause_after:
+            print("PAUSED", flush=True)
+            while not os.path.exists(args.resume_file):
+                await asyncio.sleep(0.05)
         r = await session.call_tool("add", {"a": i, "b": 1})
         if r.isError:
             raise RuntimeError(f"add call {i} failed: {r.content}")
         results.append(int(r.content[0].text))
+    counts = []
+    for _ in range(args.counts):
+        r = await session.call_tool("count", {})
+        counts.append(int(r.content[0].text))
     echo = await session.call_tool("echo", {"text": "héllo ✓"})
     return {
         "server": init.serverInfo.name,
         "protocol_version": init.protocolVersion,
         "tools": sorted(t.name for t in tools.tools),
         "add_results": results,
+        "counts": counts,
         "echo": echo.content[0].text,
     }
 
@@ -54,7 +70,7 @@ async def main() -> dict:
 
 
 try:
-    print(json.dumps(asyncio.run(asyncio.wait_for(main(), timeout=60))))
+    print(json.dumps(asyncio.run(asyncio.wait_for(main(), timeout=120))))
 except BaseException as e:  # report, including ExceptionGroups from anyio task groups
     print(json.dumps({"error": repr(e)}))
     sys.exit(1)
