@@ -331,3 +331,56 @@ async fn redis_outage_and_an_empty_restart() {
     }
     assert_eq!(cluster.owner_of(&local_sid).await, 0);
 }
+
+#[test]
+fn sampling_round_trip_when_the_answer_lands_on_another_pod() {
+    let dir = test_dir("sampling");
+    let redis = Redis::start(&dir);
+    let pods: Vec<(Everything, Sidecar)> = (1..=3)
+        .map(|i| {
+            let upstream = Everything::start(&dir, Transport::StreamableHttp);
+            let route = Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "everything");
+            let sidecar = Sidecar::start_on(
+                &dir,
+                &format!("127.0.0.{i}"),
+                &format!(
+                    "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{route}",
+                    redis.url()
+                ),
+            );
+            (upstream, sidecar)
+        })
+        .collect();
+    let entry = RoundRobin::start(
+        &dir,
+        &pods
+            .iter()
+            .map(|(_, s)| format!("{}:{}", s.ip, s.port))
+            .collect::<Vec<_>>(),
+    );
+    // the server's sampling request travels on the tools/call stream; the client's answer is
+    // a new POST that round robin sends wherever it likes. Every run must succeed; across runs
+    // the answer must at least once have reached a pod other than the owner.
+    let crossed = |pods: &[(Everything, Sidecar)]| {
+        pods.iter().any(|(_, s)| {
+            s.log()
+                .lines()
+                .any(|l| l.contains("rpc=response status=202") && l.contains("via=forwarded"))
+        })
+    };
+    for run in 0..8 {
+        let out = ts_scenario(
+            &entry.url("/mcp"),
+            Transport::StreamableHttp,
+            "sampling",
+            None,
+        );
+        assert_eq!(out["sampled"], 1, "run {run}: {out}");
+        let result = out["result"].as_str().unwrap();
+        assert!(result.contains("sampled: "), "run {run}: {result}");
+        if run >= 2 && crossed(&pods) {
+            return;
+        }
+    }
+    panic!("in 8 runs no sampling answer was forwarded to its owner");
+}
