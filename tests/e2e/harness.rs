@@ -592,6 +592,7 @@ pub async fn metric(sidecar: &Sidecar, name: &str, labels: &[(&str, &str)]) -> f
 #[derive(Debug, Clone)]
 pub struct Event {
     pub event: String,
+    pub id: Option<String>,
     pub data: String,
     pub arrived: f64,
 }
@@ -626,6 +627,7 @@ impl SseReader {
                 let block: String = self.buf.drain(..end + 2).collect();
                 let mut ev = Event {
                     event: "message".into(),
+                    id: None,
                     data: String::new(),
                     arrived: unix_time(),
                 };
@@ -633,6 +635,8 @@ impl SseReader {
                 for line in block.lines() {
                     if let Some(v) = line.strip_prefix("event:") {
                         ev.event = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        ev.id = Some(v.trim().to_string());
                     } else if let Some(v) = line.strip_prefix("data:") {
                         if has_data {
                             ev.data.push('\n');
@@ -654,10 +658,15 @@ impl SseReader {
 
     /// The next event whose data parses as JSON.
     pub async fn next_json(&mut self) -> Option<(serde_json::Value, f64)> {
+        self.next_json_event().await.map(|(v, ev)| (v, ev.arrived))
+    }
+
+    /// The next event whose data parses as JSON, with the event itself (for its id).
+    pub async fn next_json_event(&mut self) -> Option<(serde_json::Value, Event)> {
         loop {
             let ev = self.next().await?;
             if let Ok(v) = serde_json::from_str(&ev.data) {
-                return Some((v, ev.arrived));
+                return Some((v, ev));
             }
         }
     }

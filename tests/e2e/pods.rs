@@ -384,3 +384,77 @@ fn sampling_round_trip_when_the_answer_lands_on_another_pod() {
     }
     panic!("in 8 runs no sampling answer was forwarded to its owner");
 }
+
+/// Opens the session's GET stream at `url` (optionally resuming after `last_event_id`).
+async fn get_stream(
+    client: &reqwest::Client,
+    url: &str,
+    sid: &str,
+    last_event_id: Option<&str>,
+) -> SseReader {
+    let mut req = client
+        .get(url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(id) = last_event_id {
+        req = req.header("last-event-id", id);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    SseReader::new(resp)
+}
+
+async fn next_notification(stream: &mut SseReader) -> (serde_json::Value, Event) {
+    tokio::time::timeout(Duration::from_secs(10), stream.next_json_event())
+        .await
+        .expect("no event on the GET stream")
+        .expect("the GET stream closed")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_streams_and_last_event_id_resumption_work_through_the_hop() {
+    let cluster = Cluster::start("get-stream-hop", "");
+    let client = reqwest::Client::new();
+    let [a, b, c] = [0, 1, 2].map(|i| &cluster.pods[i].sidecar);
+    let sid = open_session(&client, &a.url("/mcp")).await;
+
+    // the GET stream opened through B is the owner's stream
+    let mut stream = get_stream(&client, &b.url("/mcp"), &sid, None).await;
+    let sent = call_tool(
+        &client,
+        &c.url("/mcp"),
+        &sid,
+        "notify_resources_changed",
+        json!({}),
+    )
+    .await;
+    assert_eq!(sent, "sent");
+    let (msg, ev) = next_notification(&mut stream).await;
+    assert_eq!(msg["method"], "notifications/resources/list_changed");
+    let first_id = ev
+        .id
+        .expect("events carry ids (the server keeps an event store)");
+    drop(stream);
+    b.wait_log("method=GET path=/mcp route=fastmcp rpc=none status=200");
+
+    // missed while disconnected, replayed on resumption through yet another pod
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    call_tool(
+        &client,
+        &c.url("/mcp"),
+        &sid,
+        "notify_resources_changed",
+        json!({}),
+    )
+    .await;
+    let mut resumed = get_stream(&client, &c.url("/mcp"), &sid, Some(&first_id)).await;
+    let (msg, ev) = next_notification(&mut resumed).await;
+    assert_eq!(msg["method"], "notifications/resources/list_changed");
+    assert_ne!(
+        ev.id.as_deref(),
+        Some(first_id.as_str()),
+        "a new event, not the old one"
+    );
+    c.wait_log("via=forwarded");
+}

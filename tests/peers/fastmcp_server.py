@@ -10,6 +10,7 @@ import json
 import time
 
 from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
@@ -20,7 +21,32 @@ parser.add_argument("--transport", default="streamable-http", choices=["streamab
 parser.add_argument("--name", default="test-server")
 args = parser.parse_args()
 
-mcp = FastMCP(args.name, host=args.host, port=args.port, log_level="WARNING")
+
+class MemoryEventStore(EventStore):
+    """Keeps every event so a client can resume a stream with Last-Event-ID."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, object]] = []  # (event id, stream id, message)
+
+    async def store_event(self, stream_id, message):
+        event_id = f"{stream_id}:{len(self.events)}"
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id, send_callback: EventCallback):
+        ids = [e[0] for e in self.events]
+        if last_event_id not in ids:
+            return None
+        stream_id = self.events[ids.index(last_event_id)][1]
+        for event_id, sid, message in self.events[ids.index(last_event_id) + 1 :]:
+            if sid == stream_id and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream_id
+
+
+mcp = FastMCP(
+    args.name, host=args.host, port=args.port, log_level="WARNING", event_store=MemoryEventStore()
+)
 calls_per_session: dict[int, int] = {}
 
 
