@@ -458,3 +458,85 @@ async fn get_streams_and_last_event_id_resumption_work_through_the_hop() {
     );
     c.wait_log("via=forwarded");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_requests_recover_a_session_once() {
+    let mut cluster = Cluster::start("recover-once", "");
+    let client = reqwest::Client::new();
+    let sid = open_session(&client, &cluster.pods[0].sidecar.url("/mcp")).await;
+    cluster.pods[0].sidecar.proc.kill();
+    cluster.pods[0].upstream.proc.kill();
+    let calls = (0..16).map(|i| {
+        let url = cluster.pods[1 + i % 2].sidecar.url("/mcp");
+        let (client, sid) = (client.clone(), sid.clone());
+        tokio::spawn(
+            async move { call_tool(&client, &url, &sid, "add", json!({"a": i, "b": 1})).await },
+        )
+    });
+    for (i, call) in calls.enumerate() {
+        assert_eq!(call.await.unwrap(), (i + 1).to_string());
+    }
+    let mut recovered = 0.0;
+    for pod in &cluster.pods[1..] {
+        recovered += metric(
+            &pod.sidecar,
+            "mcp_sidecar_sessions_total",
+            &[("event", "recovered")],
+        )
+        .await;
+    }
+    assert_eq!(recovered, 1.0, "one replay for sixteen concurrent requests");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_beyond_the_retry_buffer_recover_too() {
+    let mut cluster = Cluster::start("big-recovery", "");
+    let client = reqwest::Client::new();
+    let url = cluster.pods[0].sidecar.url("/mcp");
+    let sid = open_session(&client, &url).await;
+    // the MCP server restarts and forgets the session; the next request is 200 KiB, more than
+    // Pingora can buffer for a retry, and chunked so its size is not known up front
+    let pod = &mut cluster.pods[0];
+    let (ip, port) = (pod.upstream.ip.clone(), pod.upstream.port);
+    pod.upstream.proc.kill();
+    pod.upstream = FastMcp::start_on(&cluster.dir, &ip, port, Transport::StreamableHttp);
+    let text = "x".repeat(200 * 1024);
+    let body = json!({"jsonrpc":"2.0","id":7,"method":"tools/call",
+        "params":{"name":"echo","arguments":{"text":text}}})
+    .to_string();
+    let parts: Vec<Result<Vec<u8>, std::io::Error>> = body
+        .as_bytes()
+        .chunks(16 * 1024)
+        .map(|c| Ok(c.to_vec()))
+        .collect();
+    let resp = mcp_post(&client, &url)
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            parts,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["mcp-session-id"],
+        sid.as_str(),
+        "the client keeps its id"
+    );
+    let msgs = messages(&resp.text().await.unwrap());
+    let result = msgs
+        .iter()
+        .find(|m| m["id"] == 7)
+        .expect("the call's result");
+    assert_eq!(
+        result["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .len(),
+        text.len()
+    );
+    cluster.pods[0].sidecar.wait_log(&format!(
+        "session {sid} recovered (MCP server forgot the session)"
+    ));
+}
