@@ -20,6 +20,9 @@ for _ in $(seq 50); do
 done
 
 export MCP_UPSTREAM="http://127.0.0.1:$DEMO_PORT/mcp"
+# a demo value; a deployment shares a real secret between its sidecars
+export PEER_SECRET=${PEER_SECRET:-demo-peer-secret-change-me}
+export SIDECAR_PEER_LISTEN=${SIDECAR_PEER_LISTEN:-127.0.0.1:8081}
 export SIDECAR_LISTEN=${SIDECAR_LISTEN:-127.0.0.1:8080}
 export SIDECAR_ADMIN_LISTEN=${SIDECAR_ADMIN_LISTEN:-127.0.0.1:9090}
 echo "==> MCP endpoint: http://$SIDECAR_LISTEN/mcp   admin: http://$SIDECAR_ADMIN_LISTEN/readyz"
