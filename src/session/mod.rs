@@ -441,3 +441,6 @@ impl Sessions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
