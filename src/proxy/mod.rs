@@ -164,6 +164,33 @@ fn too_large(limit: usize) -> Refusal {
     )
 }
 
+fn recovery_failed(e: impl std::fmt::Display) -> Refusal {
+    Refusal::new(
+        502,
+        code::SERVER_ERROR,
+        format!("session could not be recovered: {e}"),
+    )
+}
+
+/// What the sidecar's own calls to the MCP server need: the route, the upstream path of this
+/// request, and the protocol version the client speaks.
+fn upstream_target<'a>(
+    session: &'a Session,
+    ctx: &RequestCtx,
+) -> (Arc<Route>, String, Option<&'a str>) {
+    let route = ctx
+        .route
+        .clone()
+        .expect("only routed requests reach the MCP server");
+    let req = session.req_header();
+    let path = route.upstream_path_and_query(req.uri.path(), None);
+    let version = req
+        .headers
+        .get(MCP_PROTOCOL_VERSION)
+        .and_then(|v| v.to_str().ok());
+    (route, path, version)
+}
+
 /// The error that makes `fail_to_proxy` answer 413.
 fn body_over_limit<T>() -> Result<T> {
     Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
@@ -242,13 +269,7 @@ impl Sidecar {
                     .sessions
                     .recover(record, &route, &path, "owner pod gone")
                     .await
-                    .map_err(|e| {
-                        Refusal::new(
-                            502,
-                            code::SERVER_ERROR,
-                            format!("session could not be recovered: {e}"),
-                        )
-                    })?;
+                    .map_err(recovery_failed)?;
                 (d, "recovered")
             }
             d => (d, "local"),
@@ -287,13 +308,9 @@ impl Sidecar {
                 .as_ref()
                 .is_some_and(|s| s.target == Target::Upstream)
         {
-            if let Err(e) = self.recover_if_forgotten(session, ctx).await {
-                return Err(Refusal::new(
-                    502,
-                    code::SERVER_ERROR,
-                    format!("session could not be recovered: {e}"),
-                ));
-            }
+            self.recover_if_forgotten(session, ctx)
+                .await
+                .map_err(recovery_failed)?;
         }
         Ok(())
     }
@@ -304,13 +321,7 @@ impl Sidecar {
         session: &Session,
         ctx: &mut RequestCtx,
     ) -> Result<(), String> {
-        let route = ctx.route.clone().expect("routed");
-        let path = route.upstream_path_and_query(session.req_header().uri.path(), None);
-        let version = session
-            .req_header()
-            .headers
-            .get(MCP_PROTOCOL_VERSION)
-            .and_then(|v| v.to_str().ok());
+        let (route, path, version) = upstream_target(session, ctx);
         let s = ctx.session.as_mut().expect("routed");
         if self
             .sessions
@@ -328,8 +339,7 @@ impl Sidecar {
         let Some(reason) = ctx.recover.take() else {
             return Ok(());
         };
-        let route = ctx.route.clone().expect("routed");
-        let path = route.upstream_path_and_query(session.req_header().uri.path(), None);
+        let (route, path, _) = upstream_target(session, ctx);
         let s = ctx.session.as_mut().expect("only session requests recover");
         let record = match self.sessions.local_record(&s.client_sid) {
             Some(r) => r,
@@ -624,13 +634,7 @@ impl ProxyHttp for Sidecar {
             s.target == Target::Upstream && !s.retried && may_be_unknown_session(status)
         });
         if suspect && self.can_resend(session, ctx) {
-            let route = ctx.route.clone().expect("routed");
-            let path = route.upstream_path_and_query(session.req_header().uri.path(), None);
-            let version = session
-                .req_header()
-                .headers
-                .get(MCP_PROTOCOL_VERSION)
-                .and_then(|v| v.to_str().ok());
+            let (route, path, version) = upstream_target(session, ctx);
             let s = ctx.session.as_mut().expect("suspect implies a session");
             if self
                 .sessions
