@@ -231,7 +231,12 @@ impl Sidecar {
     async fn pre_read_body(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         session.enable_retry_buffering();
         let mut body = BodyBuffer::default();
-        while let Some(chunk) = session.read_request_body().await? {
+        // a client hanging up mid-body is the client's doing, not a 500
+        while let Some(chunk) = session
+            .read_request_body()
+            .await
+            .map_err(|e| e.into_down())?
+        {
             if body.push(Some(chunk), false, self.max_body) == BodyProgress::TooLarge {
                 // more bytes than Content-Length announced
                 return body_over_limit();

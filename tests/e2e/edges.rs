@@ -306,3 +306,22 @@ async fn metrics_and_access_log_name_route_method_and_status_but_no_query() {
     let health = reqwest::get(sidecar.admin("/healthz")).await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_hanging_up_mid_body_is_not_an_error() {
+    use std::io::Write;
+    let pod = Pod::root("hang-up");
+    let sidecar = &pod.sidecar;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", sidecar.port)).unwrap();
+    conn.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"jsonrpc\":",
+    )
+    .unwrap();
+    drop(conn);
+    sidecar.wait_log("method=POST path=/mcp route=fastmcp rpc=none status=0");
+    let log = sidecar.log();
+    assert!(
+        !log.contains("ERROR"),
+        "a client hang-up was logged as an error:\n{log}"
+    );
+}

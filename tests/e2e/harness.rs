@@ -749,7 +749,7 @@ impl RoundRobin {
         fs::write(
             &conf,
             format!(
-                "worker_processes 1;\ndaemon off;\nerror_log {root}/error.log;\npid {root}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
+                "master_process off;\ndaemon off;\nerror_log {root}/error.log;\npid {root}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
                 root = root.display()
             ),
         )
@@ -758,6 +758,7 @@ impl RoundRobin {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("nginx not installed; run scripts/test.sh");
+        // one process (`master_process off`), so killing the child leaves no orphaned workers
         let mut cmd = Command::new(nginx);
         cmd.arg("-p").arg(&root).arg("-c").arg(&conf);
         let mut proc = Proc::spawn(dir, &format!("nginx-{port}"), cmd);
