@@ -2,6 +2,11 @@
 # Benchmark baseline: mcp-sidecar against nginx as a reverse proxy in front of the same fast
 # upstream, on loopback only. See docs/benchmarks.md for what is measured and why.
 #
+# Every request carries a real session: the upstream hands out an Mcp-Session-Id ($request_id)
+# on every answer, each sidecar gets one `initialize` through it before measuring, and wrk sends
+# that sidecar's own session id, so the sidecar serves it from its local session table
+# (via=local). The direct and nginx targets get a made-up id (they do not look at it).
+#
 #   bench/run.sh                  # build (release), 5 interleaved rounds of 10 s per target
 #   ROUNDS=9 bench/run.sh         # more rounds: steadier medians on a noisy machine
 #
@@ -33,7 +38,11 @@ BIN=$TARGET_DIR/release/mcp-sidecar
 
 REQ_BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
 RESP_BODY='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
-SESSION_ID=6f1c2d3e4b5a69788796a5b4c3d2e1f0
+INIT_BODY='{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}'
+# for the targets that do not track sessions (upstream direct, nginx)
+ANY_SESSION_ID=6f1c2d3e4b5a69788796a5b4c3d2e1f0
+ADMIN_TOKEN=bench-admin-token-0123456789
+PEER_SECRET=bench-peer-secret-0123456789
 PROTOCOL_VERSION=2025-06-18
 
 log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
@@ -211,13 +220,13 @@ median() { # numbers on stdin -> median
         if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
 }
 
-verify() { # name url: one POST must give 200, JSON content type and the exact body
-    local name=$1 url=$2 code body
+verify() { # name url session: one POST must give 200, JSON content type and the exact body
+    local name=$1 url=$2 sid=$3 code body
     code=$(curl -sS --max-time 5 -o "$TMP/verify.body" -D "$TMP/verify.headers" -w '%{http_code}' \
         -X POST "$url" \
         -H 'Content-Type: application/json' \
         -H 'Accept: application/json, text/event-stream' \
-        -H "Mcp-Session-Id: $SESSION_ID" \
+        -H "Mcp-Session-Id: $sid" \
         -H "MCP-Protocol-Version: $PROTOCOL_VERSION" \
         --data-binary "$REQ_BODY") || die "$name: curl $url failed"
     body=$(cat "$TMP/verify.body")
@@ -226,6 +235,29 @@ verify() { # name url: one POST must give 200, JSON content type and the exact b
     grep -qi '^content-type: *application/json' "$TMP/verify.headers" ||
         die "$name: $url answered without Content-Type application/json: $(cat "$TMP/verify.headers")"
     log "verified $name: 200, application/json, expected body"
+}
+
+SID=""
+init_session() { # name url: POSTs initialize through url; sets SID to the Mcp-Session-Id answered
+    local name=$1 url=$2 code
+    code=$(curl -sS --max-time 5 -o "$TMP/init.body" -D "$TMP/init.headers" -w '%{http_code}' \
+        -X POST "$url" \
+        -H 'Content-Type: application/json' \
+        -H 'Accept: application/json, text/event-stream' \
+        --data-binary "$INIT_BODY") || die "$name: initialize to $url failed"
+    [[ $code == 200 ]] || die "$name: initialize to $url answered HTTP $code: $(cat "$TMP/init.body")"
+    SID=$(awk 'tolower($1) == "mcp-session-id:" { sub(/\r$/, "", $2); print $2 }' "$TMP/init.headers")
+    [[ $SID =~ ^[0-9a-f]{32}$ ]] ||
+        die "$name: initialize answered no usable Mcp-Session-Id: $(cat "$TMP/init.headers")"
+}
+
+admin_sessions() { # admin_port -> the admin API's session list (JSON)
+    curl -sS --max-time 5 -H "X-Auth-Token: $ADMIN_TOKEN" "http://127.0.0.1:$1/api/admin/sessions"
+}
+
+metric() { # admin_port name{labels} -> its value, 0 when absent
+    curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" |
+        awk -v m="$2" 'index($0, m " ") == 1 { v = $2 } END { print v + 0 }'
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -259,9 +291,11 @@ pick_port; UP_PORT=$PORT
 pick_port; NGINX_PORT=$PORT
 pick_port; MEM_PORT=$PORT
 pick_port; MEM_ADMIN=$PORT
+pick_port; MEM_PEER=$PORT
 pick_port; REDIS_PORT=$PORT
 pick_port; RED_PORT=$PORT
 pick_port; RED_ADMIN=$PORT
+pick_port; RED_PEER=$PORT
 
 # a. fast upstream: fixed JSON-RPC result, no Python in the way
 cat >"$TMP/upstream.conf" <<EOF
@@ -280,6 +314,8 @@ http {
         listen 127.0.0.1:$UP_PORT;
         location = /mcp {
             default_type application/json;
+            # a fresh session id (32 hex) on every answer, so an initialize opens a session
+            add_header Mcp-Session-Id \$request_id always;
             return 200 '$RESP_BODY';
         }
     }
@@ -317,18 +353,23 @@ http {
 }
 EOF
 
-sidecar_conf() { # name listen admin redis_url
+sidecar_conf() { # name listen admin peer redis_url
     cat <<EOF
 server:
   listen: "127.0.0.1:$2"
   admin_listen: "127.0.0.1:$3"
+  peer_listen: "127.0.0.1:$4"
   threads: 2
   grace_period: 0s
   shutdown_timeout: 1s
   pid_file: "$TMP/$1.pid"
   upgrade_sock: "$TMP/$1-upgrade.sock"
 redis:
-  url: "$4"
+  url: "$5"
+peer:
+  secret: "$([[ -n $5 ]] && echo "$PEER_SECRET")"
+admin:
+  token: "$ADMIN_TOKEN"
 routes:
   - prefix: /mcp
     upstream: "http://127.0.0.1:$UP_PORT/mcp"
@@ -336,8 +377,8 @@ routes:
 EOF
 }
 # c. and d.: in-process store, and Redis store
-sidecar_conf sidecar-memory "$MEM_PORT" "$MEM_ADMIN" "" >"$TMP/sidecar-memory.yaml"
-sidecar_conf sidecar-redis "$RED_PORT" "$RED_ADMIN" "redis://127.0.0.1:$REDIS_PORT/0" >"$TMP/sidecar-redis.yaml"
+sidecar_conf sidecar-memory "$MEM_PORT" "$MEM_ADMIN" "$MEM_PEER" "" >"$TMP/sidecar-memory.yaml"
+sidecar_conf sidecar-redis "$RED_PORT" "$RED_ADMIN" "$RED_PEER" "redis://127.0.0.1:$REDIS_PORT/0" >"$TMP/sidecar-redis.yaml"
 
 "$NGINX" -t -q -e "$TMP/upstream-error.log" -c "$TMP/upstream.conf" || die "upstream nginx config rejected"
 "$NGINX" -t -q -e "$TMP/nginx-proxy-error.log" -c "$TMP/nginx-proxy.conf" || die "nginx proxy config rejected"
@@ -395,22 +436,64 @@ declare -A PROC_PID=(
     [upstream]=$UP_PID [nginx-proxy]=$NGINX_PID [redis]=$REDIS_PID
     [sidecar-memory]=$MEM_PID [sidecar-redis]=$RED_PID
 )
-for t in "${TARGETS[@]}"; do
-    verify "$t" "${URL[$t]}"
+declare -A ADMIN_PORT=([sidecar-memory]=$MEM_ADMIN [sidecar-redis]=$RED_ADMIN)
+declare -A PEER_ADDR=([sidecar-memory]="127.0.0.1:$MEM_PEER" [sidecar-redis]="127.0.0.1:$RED_PEER")
+
+# A real session per sidecar: initialize through it, keep the id the upstream handed out. The
+# admin API must list it, owned by that sidecar; wrk then sends that id to that sidecar only.
+declare -A SESSION=([direct]=$ANY_SESSION_ID [nginx]=$ANY_SESSION_ID)
+for t in sidecar-memory sidecar-redis; do
+    init_session "$t" "${URL[$t]}"
+    SESSION[$t]=$SID
+    listed=$(admin_sessions "${ADMIN_PORT[$t]}") || die "$t: admin API failed"
+    [[ $listed == *"\"sessionId\":\"$SID\""* && $listed == *"\"owner\":\"${PEER_ADDR[$t]}\""* ]] ||
+        die "$t: session $SID is not listed as owned by ${PEER_ADDR[$t]}: $listed"
+    log "$t: session $SID opened by initialize, listed by the admin API as owned by ${PEER_ADDR[$t]}"
 done
+
+for t in "${TARGETS[@]}"; do
+    verify "$t" "${URL[$t]}" "${SESSION[$t]}"
+done
+
+# The measured sidecars log at warn (no access lines). A short-lived copy of each configuration
+# at RUST_LOG=info shows what path such a request takes: its access line must say via=local.
+check_via_local() { # name (sidecar-memory | sidecar-redis)
+    local name=$1 check=$1-check lp ap pp pid url redis_url="" line
+    pick_port; lp=$PORT
+    pick_port; ap=$PORT
+    pick_port; pp=$PORT
+    # db 1, so the check's session and registration stay out of the measured sidecar's keyspace
+    [[ $name == sidecar-redis ]] && redis_url="redis://127.0.0.1:$REDIS_PORT/1"
+    sidecar_conf "$check" "$lp" "$ap" "$pp" "$redis_url" >"$TMP/$check.yaml"
+    RUST_LOG=info "$BIN" -c "$TMP/$check.yaml" >"$TMP/$check.log" 2>&1 &
+    pid=$!
+    wait_port "$check" "$pid" "$lp"
+    url="http://127.0.0.1:$lp/mcp"
+    init_session "$check" "$url"
+    verify "$check" "$url" "$SID"
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    line=$(grep "rpc=tools/call .*session=$SID" "$TMP/$check.log" || true)
+    [[ $line == *" via=local"* ]] || die "$check: the tools/call access line does not say via=local: ${line:-none}"
+    log "$check (RUST_LOG=info copy of $name): access line ends with via=local"
+}
+check_via_local sidecar-memory
+check_via_local sidecar-redis
 
 RSS_IDLE_MEM=$(rss_kib "$MEM_PID")
 RSS_IDLE_RED=$(rss_kib "$RED_PID")
 RSS_IDLE_NGINX=$(rss_kib ${CPU_PIDS[nginx]})
 
-cat >"$TMP/request.lua" <<EOF
+for t in "${TARGETS[@]}"; do
+    cat >"$TMP/request-$t.lua" <<EOF
 wrk.method = "POST"
 wrk.body = '$REQ_BODY'
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers["Mcp-Session-Id"] = "$SESSION_ID"
+wrk.headers["Mcp-Session-Id"] = "${SESSION[$t]}"
 wrk.headers["MCP-Protocol-Version"] = "$PROTOCOL_VERSION"
 EOF
+done
 
 CLK_TCK=$(getconf CLK_TCK)
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -426,7 +509,7 @@ check_alive() { # every process started must still run, or the figures mean noth
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 run_wrk() { # target duration outfile
-    "$WRK" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/request.lua" "${URL[$1]}" >"$3" 2>&1 ||
+    "$WRK" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/request-$1.lua" "${URL[$1]}" >"$3" 2>&1 ||
         die "wrk against $1 failed: $(cat "$3")"
     check_alive
 }
@@ -469,6 +552,36 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# the sidecars' own complaints (they run at warn): everything at WARN or above, except the
+# single-pod notice a memory-store sidecar prints at startup
+SIDECAR_WARNINGS=$(for f in "$TMP"/sidecar-*.log; do
+    [[ -f $f ]] || continue
+    grep -E '^\[[^]]* (WARN|ERROR) ' "$f" | grep -v 'single-pod mode' |
+        sed -E "s/^\[[^ ]+ +([A-Z]+) +([^]]+)\] */$(basename "$f" .log): \1 \2: /" || true
+done | sed -E 's/request_id=[0-9a-f-]+/request_id=…/g' | sort | uniq -c | sort -rn | head -n 10 || true)
+[[ -n $SIDECAR_WARNINGS ]] && log "WARNING: the sidecars logged warnings or errors: $SIDECAR_WARNINGS"
+
+
+# After the runs: every measured request was served from the sidecar's own session table.
+tool_calls() { # admin_port -> "answered_200 client_gone other" for tools/call, from /metrics
+    # status 0: the client closed the connection before the answer (wrk stopping mid-request)
+    curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" | awk '
+        /^mcp_sidecar_requests_total\{/ && /method="tools\/call"/ {
+            if ($0 ~ /status="200"/) ok += $NF; else if ($0 ~ /status="0"/) gone += $NF; else other += $NF }
+        END { printf "%d %d %d\n", ok, gone, other }'
+}
+declare -A SESSION_CHECK
+for t in sidecar-memory sidecar-redis; do
+    fwd=$(metric "${ADMIN_PORT[$t]}" 'mcp_sidecar_sessions_total{event="forwarded"}')
+    rec=$(metric "${ADMIN_PORT[$t]}" 'mcp_sidecar_sessions_total{event="recovered"}')
+    active=$(metric "${ADMIN_PORT[$t]}" 'mcp_sidecar_active_sessions')
+    read -r ok gone other < <(tool_calls "${ADMIN_PORT[$t]}")
+    ((fwd == 0 && rec == 0 && active == 1)) ||
+        die "$t: expected only its own session, served locally: forwarded $fwd, recovered $rec, active $active"
+    ((other == 0)) || log "WARNING: $t answered $other tools/call requests with a status other than 200"
+    SESSION_CHECK[$t]="tools/call answered 200: $ok, other status: $other, client closed mid-request (end of wrk runs): $gone; sessions forwarded $fwd, recovered $rec, active $active"
+done
 RSS_MEM=$(rss_kib "$MEM_PID")
 RSS_RED=$(rss_kib "$RED_PID")
 # shellcheck disable=SC2086
@@ -502,7 +615,7 @@ REPORT=$(
 - Commit built and measured: $COMMIT
 - Machine: $(nproc) cores (nproc), ${CPU_MODEL:-unknown CPU}, Linux $(uname -r); load average before $LOAD_BEFORE, after $LOAD_AFTER
 - Tools: $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'), $("$WRK" -v 2>&1 | head -n1 | awk '{print $1, $2}'), Redis $("$REDIS" --version | sed -n 's/.*v=\([^ ]*\).*/\1/p')
-- Load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, POST tools/call (${#REQ_BODY} bytes) with Mcp-Session-Id; $WARMUP warmup per target, then $ROUNDS rounds, order rotated each round
+- Load: wrk -t$WRK_THREADS -c$CONNECTIONS -d$DURATION --latency, POST tools/call (${#REQ_BODY} bytes) with Mcp-Session-Id (each sidecar: a session it opened itself); $WARMUP warmup per target, then $ROUNDS rounds, order rotated each round
 - Upstream: nginx, 1 worker, fixed ${#RESP_BODY}-byte JSON-RPC result; all processes on 127.0.0.1, sharing the same cores as wrk
 
 ## Medians over $ROUNDS rounds
@@ -539,6 +652,17 @@ $(printf '%s\n' "${ROUND_ROWS[@]}")
 | mcp-sidecar, memory store | $(mib "$RSS_IDLE_MEM") MiB | $(mib "$RSS_MEM") MiB |
 | mcp-sidecar, Redis store | $(mib "$RSS_IDLE_RED") MiB | $(mib "$RSS_RED") MiB |
 | nginx proxy (master + 2 workers) | $(mib "$RSS_IDLE_NGINX") MiB | $(mib "$RSS_NGINX") MiB |
+
+## Sessions
+
+Each sidecar got one \`initialize\` before the runs and wrk sent the session id it answered
+(a RUST_LOG=info copy of each configuration logged \`via=local\` for such a request). The
+sidecars' own counters after the runs (warmups and checks included):
+
+- mcp-sidecar, memory store: ${SESSION_CHECK[sidecar-memory]}
+- mcp-sidecar, Redis store: ${SESSION_CHECK[sidecar-redis]}
+
+Sidecar log lines at WARN or above (startup notice of single-pod mode excluded): $([[ -n $SIDECAR_WARNINGS ]] && printf '\n\n```\n%s\n```' "$SIDECAR_WARNINGS" || echo none.)
 EOF
 )
 
