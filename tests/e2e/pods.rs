@@ -540,3 +540,69 @@ async fn bodies_beyond_the_retry_buffer_recover_too() {
         "session {sid} recovered (MCP server forgot the session)"
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_api_lists_and_deletes_behind_its_token() {
+    let cluster = Cluster::start("admin-api", "");
+    let client = reqwest::Client::new();
+    let a = &cluster.pods[0].sidecar;
+    let sid = open_session(&client, &a.url("/mcp")).await;
+    for token in [None, Some("wrong-token-wrong-token")] {
+        let mut req = client.get(a.admin("/api/admin/sessions"));
+        if let Some(t) = token {
+            req = req.header("x-auth-token", t);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 401);
+    }
+    let listed = admin_sessions(&cluster.pods[2].sidecar).await;
+    assert_eq!(listed.len(), 1);
+    let s = &listed[0];
+    assert_eq!(s["sessionId"], sid.as_str());
+    assert_eq!(s["owner"], a.peer_address());
+    assert_eq!(s["serverName"], "fastmcp");
+    assert_eq!(s["protocolVersion"], "2025-06-18");
+    assert!(s["ttl"].as_u64().unwrap() > 3500);
+
+    let pods: serde_json::Value = client
+        .get(a.admin("/api/admin/pods"))
+        .header("authorization", format!("Bearer {ADMIN_TOKEN}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let addresses: Vec<&str> = pods["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["address"].as_str().unwrap())
+        .collect();
+    for pod in &cluster.pods {
+        assert!(
+            addresses.contains(&pod.sidecar.peer_address().as_str()),
+            "{pods}"
+        );
+    }
+
+    let resp = client
+        .delete(
+            cluster.pods[1]
+                .sidecar
+                .admin(&format!("/api/admin/sessions/{sid}")),
+        )
+        .header("x-auth-token", ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(admin_sessions(a).await.is_empty());
+    // another pod no longer finds it
+    let resp = mcp_post(&client, &cluster.pods[2].sidecar.url("/mcp"))
+        .header("mcp-session-id", &sid)
+        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+}
