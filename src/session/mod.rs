@@ -254,11 +254,33 @@ impl Sessions {
         protocol_version: Option<&str>,
     ) -> bool {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"ping"}}"#);
-        let mut headers = vec![(MCP_SESSION_ID, upstream_sid)];
-        if let Some(v) = protocol_version {
-            headers.push((MCP_PROTOCOL_VERSION, v));
+        match self
+            .call_upstream(route, path, Some(upstream_sid), protocol_version, &body)
+            .await
+        {
+            Ok(a) => is_unknown_session(a.status, &a.body),
+            Err(_) => false,
         }
-        match upstream_call::post(
+    }
+
+    /// One JSON-RPC message from the sidecar itself to the local MCP server, on a session when
+    /// `upstream_sid` is given.
+    async fn call_upstream(
+        &self,
+        route: &Route,
+        path: &str,
+        upstream_sid: Option<&str>,
+        protocol_version: Option<&str>,
+        body: &str,
+    ) -> std::io::Result<upstream_call::Answer> {
+        let headers: Vec<(&str, &str)> = [
+            upstream_sid.map(|s| (MCP_SESSION_ID, s)),
+            protocol_version.map(|v| (MCP_PROTOCOL_VERSION, v)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        upstream_call::post(
             route.upstream_addr,
             &route.upstream_authority,
             path,
@@ -267,10 +289,6 @@ impl Sessions {
             self.settings.recovery_timeout,
         )
         .await
-        {
-            Ok(a) => is_unknown_session(a.status, &a.body),
-            Err(_) => false,
-        }
     }
 
     /// Recovers `record` on this pod, or waits for the request that already does. Returns
@@ -335,32 +353,21 @@ impl Sessions {
         let init = format!(
             r#"{{"jsonrpc":"2.0","id":{RECOVERY_ID},"method":"initialize","params":{params}}}"#
         );
-        let call = |headers: Vec<(&'static str, String)>, body: String| async move {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
-            upstream_call::post(
-                route.upstream_addr,
-                &route.upstream_authority,
-                path,
-                &headers,
-                body.as_bytes(),
-                self.settings.recovery_timeout,
-            )
+        let version = record.protocol_version.as_deref();
+        let answer = self
+            .call_upstream(route, path, None, None, &init)
             .await
-            .map_err(RecoveryError::Unreachable)
-        };
-        let answer = call(Vec::new(), init).await?;
+            .map_err(RecoveryError::Unreachable)?;
         let new_sid = answer
             .header(MCP_SESSION_ID)
             .filter(|s| (200..300).contains(&answer.status) && is_valid_session_id(s.as_bytes()))
             .ok_or(RecoveryError::Refused(answer.status))?
             .to_string();
-        let mut headers = vec![(MCP_SESSION_ID, new_sid.clone())];
-        if let Some(v) = &record.protocol_version {
-            headers.push((MCP_PROTOCOL_VERSION, v.clone()));
-        }
-        let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string();
-        let answer = call(headers, initialized).await?;
+        let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        let answer = self
+            .call_upstream(route, path, Some(&new_sid), version, initialized)
+            .await
+            .map_err(RecoveryError::Unreachable)?;
         if !(200..300).contains(&answer.status) {
             return Err(RecoveryError::Refused(answer.status));
         }
