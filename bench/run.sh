@@ -36,256 +36,20 @@ RESULTS_DIR=${RESULTS_DIR:-$REPO/bench/results}
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$TARGET_DIR/release/mcp-sidecar
 
-REQ_BODY='{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}'
-RESP_BODY='{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}]}}'
-INIT_BODY='{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"bench","version":"1"}}}'
 # for the targets that do not track sessions (upstream direct, nginx)
 ANY_SESSION_ID=6f1c2d3e4b5a69788796a5b4c3d2e1f0
-ADMIN_TOKEN=bench-admin-token-0123456789
-PEER_SECRET=bench-peer-secret-0123456789
-PROTOCOL_VERSION=2025-06-18
 
-log() { printf '[bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-
-PIDS=()
-TMP=""
-
-die() {
-    printf '\n[bench] FAILED: %s\n' "$*" >&2
-    if [[ -n $TMP && -d $TMP ]]; then
-        local f
-        for f in "$TMP"/*.log; do
-            [[ -s $f ]] || continue
-            printf -- '--- last lines of %s ---\n' "$(basename "$f")" >&2
-            tail -n 20 "$f" >&2
-        done
-    fi
-    exit 1
-}
-
-cleanup() {
-    local rc=$? pid i
-    trap - EXIT INT TERM
-    for pid in "${PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        for ((i = 0; i < 50; i++)); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    [[ -n $TMP && -d $TMP ]] && rm -rf "$TMP"
-    exit "$rc"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Tools
-
-find_cmd() { # name -> path (also looks in sbin, which a non-root PATH may lack)
-    local c
-    c=$(command -v "$1" 2>/dev/null) || { [[ -x /usr/sbin/$1 ]] && c=/usr/sbin/$1; } || return 1
-    echo "$c"
-}
-
-install_missing() {
-    local missing=()
-    find_cmd nginx >/dev/null || missing+=(nginx-light)
-    find_cmd wrk >/dev/null || missing+=(wrk)
-    find_cmd redis-server >/dev/null || missing+=(redis-server)
-    find_cmd cmake >/dev/null || missing+=(cmake)
-    find_cmd curl >/dev/null || missing+=(curl)
-    ((${#missing[@]})) || return 0
-    local sudo=()
-    if [[ $(id -u) -ne 0 ]]; then
-        command -v sudo >/dev/null || die "missing ${missing[*]} and not root (no sudo to install them)"
-        sudo=(sudo)
-    fi
-    log "installing ${missing[*]}"
-    "${sudo[@]}" apt-get update
-    # Debian 13 no longer ships nginx-light; plain nginx does the same job here
-    if [[ " ${missing[*]} " == *" nginx-light "* ]] && ! apt-cache show nginx-light >/dev/null 2>&1; then
-        missing=("${missing[@]/nginx-light/nginx}")
-    fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Processes and ports
-
-USED_PORTS=" "
-PORT=""
-# Listen ports come from outside the kernel's ephemeral range: a port from inside it can be taken
-# as the source port of some outgoing connection (wrk's, a proxy's) between the check and the bind.
-read -r EPH_LO EPH_HI </proc/sys/net/ipv4/ip_local_port_range || { EPH_LO=32768 EPH_HI=60999; }
-if ((EPH_LO > 12000)); then
-    PORT_BASE=10000 PORT_SPAN=$((EPH_LO - 10000))
-else
-    PORT_BASE=$((EPH_HI + 1)) PORT_SPAN=$((65535 - EPH_HI))
-fi
-port_in_use() { timeout 1 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null; }
-pick_port() { # sets PORT
-    local p i
-    for ((i = 0; i < 500; i++)); do
-        p=$((PORT_BASE + (RANDOM * 32768 + RANDOM) % PORT_SPAN))
-        [[ $USED_PORTS == *" $p "* ]] && continue
-        if ! port_in_use "$p"; then
-            USED_PORTS+="$p "
-            PORT=$p
-            return 0
-        fi
-    done
-    die "found no free loopback port"
-}
-
-START_PID=""
-start() { # name cmd... ; output to $TMP/name.log, pid in START_PID
-    local name=$1
-    shift
-    "$@" >"$TMP/$name.log" 2>&1 &
-    START_PID=$!
-    PIDS+=("$START_PID")
-}
-
-wait_port() { # name pid port
-    local i
-    for ((i = 0; i < 150; i++)); do
-        kill -0 "$2" 2>/dev/null || die "$1 exited during startup"
-        port_in_use "$3" && return 0
-        sleep 0.1
-    done
-    die "$1 did not listen on 127.0.0.1:$3 within 15s"
-}
-
-children_of() { # pid -> the pid and its direct children (nginx master + workers)
-    local kids
-    echo "$1"
-    kids=$(cat "/proc/$1/task/$1/children" 2>/dev/null || true)
-    [[ -n $kids ]] && printf '%s\n' $kids
-    return 0
-}
-
-cpu_ticks() { # pids... -> utime+stime summed over them
-    local total=0 p t
-    for p in "$@"; do
-        t=$(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null) || continue
-        total=$((total + t))
-    done
-    echo "$total"
-}
-
-rss_kib() { # pids... -> VmRSS summed, KiB
-    local total=0 p v
-    for p in "$@"; do
-        v=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null) || continue
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Measurement helpers
-
-# wrk --latency output -> "requests rps p50_ms p99_ms errors"
-parse_wrk() {
-    awk '
-        function ms(v,   n, u) {
-            n = v; u = v
-            sub(/[a-z]+$/, "", n); sub(/^[0-9.]+/, "", u)
-            if (u == "us") return n / 1000
-            if (u == "ms") return n + 0
-            if (u == "s")  return n * 1000
-            if (u == "m")  return n * 60000
-            return -1
-        }
-        /^ *50% / { p50 = ms($2) }
-        /^ *99% / { p99 = ms($2) }
-        / requests in / { reqs = $1 }
-        /^Requests\/sec:/ { rps = $2 }
-        /Non-2xx or 3xx responses:/ { err += $NF }
-        /Socket errors:/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
-        END {
-            if (rps == "" || p50 == "" || p99 == "" || reqs == "") exit 1
-            printf "%d %.2f %.3f %.3f %d\n", reqs, rps, p50, p99, err
-        }'
-}
-
-median() { # numbers on stdin -> median
-    sort -g | awk '{ a[NR] = $1 } END {
-        if (NR == 0) { print "nan"; exit }
-        if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
-verify() { # name url session: one POST must give 200, JSON content type and the exact body
-    local name=$1 url=$2 sid=$3 code body
-    code=$(curl -sS --max-time 5 -o "$TMP/verify.body" -D "$TMP/verify.headers" -w '%{http_code}' \
-        -X POST "$url" \
-        -H 'Content-Type: application/json' \
-        -H 'Accept: application/json, text/event-stream' \
-        -H "Mcp-Session-Id: $sid" \
-        -H "MCP-Protocol-Version: $PROTOCOL_VERSION" \
-        --data-binary "$REQ_BODY") || die "$name: curl $url failed"
-    body=$(cat "$TMP/verify.body")
-    [[ $code == 200 ]] || die "$name: $url answered HTTP $code, not 200; body: $body"
-    [[ $body == "$RESP_BODY" ]] || die "$name: $url answered an unexpected body: $body"
-    grep -qi '^content-type: *application/json' "$TMP/verify.headers" ||
-        die "$name: $url answered without Content-Type application/json: $(cat "$TMP/verify.headers")"
-    log "verified $name: 200, application/json, expected body"
-}
-
-SID=""
-init_session() { # name url: POSTs initialize through url; sets SID to the Mcp-Session-Id answered
-    local name=$1 url=$2 code
-    code=$(curl -sS --max-time 5 -o "$TMP/init.body" -D "$TMP/init.headers" -w '%{http_code}' \
-        -X POST "$url" \
-        -H 'Content-Type: application/json' \
-        -H 'Accept: application/json, text/event-stream' \
-        --data-binary "$INIT_BODY") || die "$name: initialize to $url failed"
-    [[ $code == 200 ]] || die "$name: initialize to $url answered HTTP $code: $(cat "$TMP/init.body")"
-    SID=$(awk 'tolower($1) == "mcp-session-id:" { sub(/\r$/, "", $2); print $2 }' "$TMP/init.headers")
-    [[ $SID =~ ^[0-9a-f]{32}$ ]] ||
-        die "$name: initialize answered no usable Mcp-Session-Id: $(cat "$TMP/init.headers")"
-}
-
-admin_sessions() { # admin_port -> the admin API's session list (JSON)
-    curl -sS --max-time 5 -H "X-Auth-Token: $ADMIN_TOKEN" "http://127.0.0.1:$1/api/admin/sessions"
-}
-
-metric() { # admin_port name{labels} -> its value, 0 when absent
-    curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" |
-        awk -v m="$2" 'index($0, m " ") == 1 { v = $2 } END { print v + 0 }'
-}
+BENCH_NAME=bench
+CALL_MAX_TIME=5
+# shellcheck source=bench/lib.sh
+source "$REPO/bench/lib.sh"
 
 # ---------------------------------------------------------------------------------------------
 
 install_missing
-NGINX=$(find_cmd nginx) || die "nginx not found after install"
-WRK=$(find_cmd wrk) || die "wrk not found after install"
-REDIS=$(find_cmd redis-server) || die "redis-server not found after install"
-
-if [[ $SKIP_BUILD != 1 ]]; then
-    log "cargo build --release"
-    (cd "$REPO" && cargo build --release)
-fi
-[[ -x $BIN ]] || die "no release binary at $BIN"
-# what is measured: the commit at build time, and whether the binary may differ from it
-COMMIT=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n $(git -C "$REPO" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null) ]]; then
-    COMMIT+=" + uncommitted changes in src/ or Cargo files"
-fi
-if [[ -n $(find "$REPO/src" "$REPO/Cargo.toml" "$REPO/Cargo.lock" -newer "$BIN" -print -quit 2>/dev/null) ]]; then
-    COMMIT+=" (WARNING: sources are newer than the binary; SKIP_BUILD=1?)"
-fi
-
-TMP=$(mktemp -d /tmp/mcp-sidecar-bench.XXXXXX)
-chmod 755 "$TMP" # nginx workers drop to an unprivileged user when started as root
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+find_tools
+build_release
+make_tmp
 
 pick_port; UP_PORT=$PORT
 pick_port; NGINX_PORT=$PORT
@@ -298,29 +62,7 @@ pick_port; RED_ADMIN=$PORT
 pick_port; RED_PEER=$PORT
 
 # a. fast upstream: fixed JSON-RPC result, no Python in the way
-cat >"$TMP/upstream.conf" <<EOF
-daemon off;
-master_process on;
-worker_processes 1;
-pid $TMP/upstream.pid;
-error_log $TMP/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_timeout 65s;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/upstream-body;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location = /mcp {
-            default_type application/json;
-            # a fresh session id (32 hex) on every answer, so an initialize opens a session
-            add_header Mcp-Session-Id \$request_id always;
-            return 200 '$RESP_BODY';
-        }
-    }
-}
-EOF
+upstream_conf "$UP_PORT" >"$TMP/upstream.conf"
 
 # b. nginx as the reference reverse proxy
 cat >"$TMP/nginx-proxy.conf" <<EOF
@@ -445,7 +187,7 @@ declare -A SESSION=([direct]=$ANY_SESSION_ID [nginx]=$ANY_SESSION_ID)
 for t in sidecar-memory sidecar-redis; do
     init_session "$t" "${URL[$t]}"
     SESSION[$t]=$SID
-    listed=$(admin_sessions "${ADMIN_PORT[$t]}") || die "$t: admin API failed"
+    listed=$(admin_get "${ADMIN_PORT[$t]}" /api/admin/sessions 5) || die "$t: admin API failed"
     [[ $listed == *"\"sessionId\":\"$SID\""* && $listed == *"\"owner\":\"${PEER_ADDR[$t]}\""* ]] ||
         die "$t: session $SID is not listed as owned by ${PEER_ADDR[$t]}: $listed"
     log "$t: session $SID opened by initialize, listed by the admin API as owned by ${PEER_ADDR[$t]}"
@@ -485,14 +227,7 @@ RSS_IDLE_RED=$(rss_kib "$RED_PID")
 RSS_IDLE_NGINX=$(rss_kib ${CPU_PIDS[nginx]})
 
 for t in "${TARGETS[@]}"; do
-    cat >"$TMP/request-$t.lua" <<EOF
-wrk.method = "POST"
-wrk.body = '$REQ_BODY'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Accept"] = "application/json, text/event-stream"
-wrk.headers["Mcp-Session-Id"] = "${SESSION[$t]}"
-wrk.headers["MCP-Protocol-Version"] = "$PROTOCOL_VERSION"
-EOF
+    wrk_lua "${SESSION[$t]}" >"$TMP/request-$t.lua"
 done
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -505,8 +240,6 @@ check_alive() { # every process started must still run, or the figures mean noth
         kill -0 "$pid" 2>/dev/null || die "$name (pid $pid) is no longer running (crashed, or stopped from outside)"
     done
 }
-
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
 run_wrk() { # target duration outfile
     "$WRK" -t"$WRK_THREADS" -c"$CONNECTIONS" -d"$2" --latency -s "$TMP/request-$1.lua" "${URL[$1]}" >"$3" 2>&1 ||
@@ -553,13 +286,8 @@ done
 
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-# the sidecars' own complaints (they run at warn): everything at WARN or above, except the
-# single-pod notice a memory-store sidecar prints at startup
-SIDECAR_WARNINGS=$(for f in "$TMP"/sidecar-*.log; do
-    [[ -f $f ]] || continue
-    grep -E '^\[[^]]* (WARN|ERROR) ' "$f" | grep -v 'single-pod mode' |
-        sed -E "s/^\[[^ ]+ +([A-Z]+) +([^]]+)\] */$(basename "$f" .log): \1 \2: /" || true
-done | sed -E 's/request_id=[0-9a-f-]+/request_id=…/g' | sort | uniq -c | sort -rn | head -n 10 || true)
+# the sidecars' own complaints (they run at warn): everything at WARN or above
+SIDECAR_WARNINGS=$(sidecar_warnings "$TMP"/sidecar-*.log)
 [[ -n $SIDECAR_WARNINGS ]] && log "WARNING: the sidecars logged warnings or errors: $SIDECAR_WARNINGS"
 
 
@@ -589,14 +317,13 @@ RSS_NGINX=$(rss_kib ${CPU_PIDS[nginx]})
 
 declare -A M_RPS M_P50 M_P99 M_CPU
 for t in "${TARGETS[@]}"; do
-    M_RPS[$t]=$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)
-    M_P50[$t]=$(tr ' ' '\n' <<<"${P50[$t]}" | grep . | median)
-    M_P99[$t]=$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)
-    M_CPU[$t]=$(tr ' ' '\n' <<<"${CPU[$t]}" | grep . | median)
+    M_RPS[$t]=$(words_median "${RPS[$t]}")
+    M_P50[$t]=$(words_median "${P50[$t]}")
+    M_P99[$t]=$(words_median "${P99[$t]}")
+    M_CPU[$t]=$(words_median "${CPU[$t]}")
 done
 
 met() { awk -v r="$1" 'BEGIN { print (r >= 0.9 ? "met" : "NOT met") }'; }
-mib() { awk -v k="$1" 'BEGIN { printf "%.1f", k / 1024 }'; }
 
 TP_MEM=$(ratio "${M_RPS[sidecar-memory]}" "${M_RPS[nginx]}")
 TP_RED=$(ratio "${M_RPS[sidecar-redis]}" "${M_RPS[nginx]}")
