@@ -323,3 +323,49 @@ metric() { # admin_port name{labels} -> its value, 0 when absent
     curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" |
         awk -v m="$2" 'index($0, m " ") == 1 { v = $2 } END { print v + 0 }'
 }
+
+warm_up() { # one short wrk run per target (the script's run_wrk)
+    local t
+    for t in "${TARGETS[@]}"; do
+        log "warmup $t ($WARMUP)"
+        run_wrk "$t" "$WARMUP" "$TMP/warmup-$t.out"
+    done
+}
+
+# Runs ROUNDS rounds over TARGETS with the order rotated each round, so noise and drift hit every
+# target alike. Needs the script's run_wrk, CPU_PIDS and round_row; fills RPS P50 P99 CPU
+# (space-separated per-round values), ERR, REQS and ROUND_ROWS.
+measure_rounds() {
+    local t r k out before after reqs rps p50 p99 err cpu_us order
+    declare -gA RPS P50 P99 CPU ERR REQS
+    ROUND_ROWS=()
+    for ((r = 1; r <= ROUNDS; r++)); do
+        order=()
+        for ((k = 0; k < ${#TARGETS[@]}; k++)); do
+            order+=("${TARGETS[$(((k + r - 1) % ${#TARGETS[@]}))]}")
+        done
+        declare -gA this_round=()
+        for t in "${order[@]}"; do
+            out=$TMP/round$r-$t.out
+            # shellcheck disable=SC2086 # pid lists are space separated on purpose
+            before=$(cpu_ticks ${CPU_PIDS[$t]})
+            run_wrk "$t" "$DURATION" "$out"
+            # shellcheck disable=SC2086
+            after=$(cpu_ticks ${CPU_PIDS[$t]})
+            read -r reqs rps p50 p99 err < <(parse_wrk <"$out") || die "could not parse wrk output: $(cat "$out")"
+            ((reqs > 0)) || die "wrk made no requests against $t: $(cat "$out")"
+            cpu_us=$(awk -v d="$((after - before))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
+            RPS[$t]+="$rps "
+            P50[$t]+="$p50 "
+            P99[$t]+="$p99 "
+            CPU[$t]+="$cpu_us "
+            ERR[$t]=$((${ERR[$t]:-0} + err))
+            REQS[$t]=$((${REQS[$t]:-0} + reqs))
+            this_round[$t]=$rps
+            ((err == 0)) || log "WARNING: $t had $err non-2xx responses or socket errors in round $r"
+            log "round $r/$ROUNDS $t: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} us CPU/req"
+        done
+        round_row "$r" "${order[@]}"
+        unset this_round
+    done
+}

@@ -198,43 +198,15 @@ run_wrk() { # target duration outfile
     check_alive
 }
 
-for t in "${TARGETS[@]}"; do
-    log "warmup $t ($WARMUP)"
-    run_wrk "$t" "$WARMUP" "$TMP/warmup-$t.out"
-done
+round_row() { # round order...: one row of the per-round table (this_round: req/s by target)
+    local r=$1
+    shift
+    ROUND_ROWS+=("| $r | $* | ${this_round[direct]} | ${this_round[owned]} | ${this_round[forwarded]} | $(ratio "${this_round[owned]}" "${this_round[direct]}") | $(ratio "${this_round[forwarded]}" "${this_round[owned]}") |")
+}
 
+warm_up
 FWD_BEFORE=$(metric "${SC_ADMIN[B]}" 'mcp_sidecar_sessions_total{event="forwarded"}')
-declare -A RPS P50 P99 CPU ERR REQS
-ROUND_ROWS=()
-for ((r = 1; r <= ROUNDS; r++)); do
-    order=()
-    for ((k = 0; k < ${#TARGETS[@]}; k++)); do
-        order+=("${TARGETS[$(((k + r - 1) % ${#TARGETS[@]}))]}")
-    done
-    declare -A this_round=()
-    for t in "${order[@]}"; do
-        out=$TMP/round$r-$t.out
-        # shellcheck disable=SC2086 # pid lists are space separated on purpose
-        before=$(cpu_ticks ${CPU_PIDS[$t]})
-        run_wrk "$t" "$DURATION" "$out"
-        # shellcheck disable=SC2086
-        after=$(cpu_ticks ${CPU_PIDS[$t]})
-        read -r reqs rps p50 p99 err < <(parse_wrk <"$out") || die "could not parse wrk output: $(cat "$out")"
-        ((reqs > 0)) || die "wrk made no requests against $t: $(cat "$out")"
-        cpu_us=$(awk -v d="$((after - before))" -v hz="$CLK_TCK" -v n="$reqs" 'BEGIN { printf "%.2f", d * 1e6 / hz / n }')
-        RPS[$t]+="$rps "
-        P50[$t]+="$p50 "
-        P99[$t]+="$p99 "
-        CPU[$t]+="$cpu_us "
-        ERR[$t]=$((${ERR[$t]:-0} + err))
-        REQS[$t]=$((${REQS[$t]:-0} + reqs))
-        this_round[$t]=$rps
-        ((err == 0)) || log "WARNING: $t had $err non-2xx responses or socket errors in round $r"
-        log "round $r/$ROUNDS $t: $rps req/s, p50 ${p50} ms, p99 ${p99} ms, ${cpu_us} us CPU/req"
-    done
-    ROUND_ROWS+=("| $r | ${order[*]} | ${this_round[direct]} | ${this_round[owned]} | ${this_round[forwarded]} | $(ratio "${this_round[owned]}" "${this_round[direct]}") | $(ratio "${this_round[forwarded]}" "${this_round[owned]}") |")
-    unset this_round
-done
+measure_rounds
 
 # every forwarded request really went over the hop, and nothing was recovered
 FWD_AFTER=$(metric "${SC_ADMIN[B]}" 'mcp_sidecar_sessions_total{event="forwarded"}')
