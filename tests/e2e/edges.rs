@@ -288,12 +288,13 @@ async fn metrics_and_access_log_name_route_method_and_status_but_no_query() {
     // an upstream failure makes Pingora write its own error line about the request
     let mut pod = pod;
     pod.upstream.proc.kill();
-    let resp = mcp_post(&client, &url)
-        .header("mcp-session-id", &sid)
-        .body(r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(
+        &client,
+        &url,
+        &sid,
+        r#"{"jsonrpc":"2.0","id":4,"method":"tools/list"}"#,
+    )
+    .await;
     assert_eq!(resp.status(), 502);
     let sidecar = &pod.sidecar;
     sidecar.wait_log("Fail to proxy");

@@ -481,6 +481,22 @@ pub fn mcp_post(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder 
         .header("accept", "application/json, text/event-stream")
 }
 
+/// A POST on an open session, with the headers a client sends after initialize.
+pub async fn session_post(
+    client: &reqwest::Client,
+    url: &str,
+    sid: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    mcp_post(client, url)
+        .header("mcp-session-id", sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw-test","version":"1"}}}"#;
 pub const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
 
@@ -501,13 +517,7 @@ pub async fn open_session(client: &reqwest::Client, url: &str) -> String {
         .unwrap()
         .to_string();
     let _ = resp.bytes().await.unwrap();
-    let resp = mcp_post(client, url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(INITIALIZED)
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(client, url, &sid, INITIALIZED).await;
     assert_eq!(resp.status(), 202);
     sid
 }
@@ -532,13 +542,7 @@ pub async fn call_tool(
     args: serde_json::Value,
 ) -> String {
     let body = serde_json::json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":name,"arguments":args}});
-    let resp = mcp_post(client, url)
-        .header("mcp-session-id", sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(client, url, sid, body.to_string()).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     let msgs = messages(&text);

@@ -173,13 +173,13 @@ async fn delete_ends_the_session_on_every_pod_and_orphans_are_never_recorded() {
     a.wait_log(&format!("session {sid} deleted"));
     assert!(admin_sessions(a).await.is_empty());
     for pod in &cluster.pods {
-        let resp = mcp_post(&client, &pod.sidecar.url("/mcp"))
-            .header("mcp-session-id", &sid)
-            .header("mcp-protocol-version", "2025-06-18")
-            .body(r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#)
-            .send()
-            .await
-            .unwrap();
+        let resp = session_post(
+            &client,
+            &pod.sidecar.url("/mcp"),
+            &sid,
+            r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+        )
+        .await;
         assert_eq!(
             resp.status(),
             404,
@@ -211,12 +211,7 @@ async fn forged_hops_are_refused() {
     assert_eq!(resp.status(), 403);
     // the peer port without a hop, and with a signature made with another secret
     let peer_url = format!("http://{}/mcp", a.peer_address());
-    let resp = mcp_post(&client, &peer_url)
-        .header("mcp-session-id", &sid)
-        .body(call)
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(&client, &peer_url, &sid, call).await;
     assert_eq!(resp.status(), 403);
     let time = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -509,15 +504,13 @@ async fn bodies_beyond_the_retry_buffer_recover_too() {
         .chunks(16 * 1024)
         .map(|c| Ok(c.to_vec()))
         .collect();
-    let resp = mcp_post(&client, &url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            parts,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(
+        &client,
+        &url,
+        &sid,
+        reqwest::Body::wrap_stream(futures_util::stream::iter(parts)),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(
         resp.headers()["mcp-session-id"],
@@ -598,11 +591,12 @@ async fn admin_api_lists_and_deletes_behind_its_token() {
     assert_eq!(resp.status(), 200);
     assert!(admin_sessions(a).await.is_empty());
     // another pod no longer finds it
-    let resp = mcp_post(&client, &cluster.pods[2].sidecar.url("/mcp"))
-        .header("mcp-session-id", &sid)
-        .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(
+        &client,
+        &cluster.pods[2].sidecar.url("/mcp"),
+        &sid,
+        r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+    )
+    .await;
     assert_eq!(resp.status(), 404);
 }

@@ -15,13 +15,7 @@ async fn sse_events_reach_the_client_as_the_server_emits_them() {
 
     let call = json!({"jsonrpc":"2.0","id":5,"method":"tools/call",
         "params":{"name":"timed_events","arguments":{"count":3,"interval":1.0}}});
-    let resp = mcp_post(&client, &url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(call.to_string())
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(&client, &url, &sid, call.to_string()).await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers()["content-type"]
         .to_str()
@@ -118,13 +112,13 @@ async fn delete_reaches_the_upstream() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     // the upstream ended the session: it no longer knows it
-    let resp = mcp_post(&client, &url)
-        .header("mcp-session-id", &sid)
-        .header("mcp-protocol-version", "2025-06-18")
-        .body(r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#)
-        .send()
-        .await
-        .unwrap();
+    let resp = session_post(
+        &client,
+        &url,
+        &sid,
+        r#"{"jsonrpc":"2.0","id":9,"method":"tools/list"}"#,
+    )
+    .await;
     assert_eq!(resp.status(), 404);
 }
 
