@@ -88,6 +88,7 @@ impl AdminApp {
                                 "upstreamSessionId": r.upstream_session_id,
                                 "owner": r.owner,
                                 "serverName": r.server_name,
+                                "transport": r.transport.as_str(),
                                 "user": r.user,
                                 "protocolVersion": r.protocol_version,
                                 "ageSeconds": now.saturating_sub(r.created_at),

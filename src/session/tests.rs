@@ -84,6 +84,7 @@ fn settings(me: &str) -> Settings {
         heartbeat_interval: Duration::from_secs(2),
         pod_ttl: Duration::from_secs(10),
         recovery_timeout: Duration::from_secs(1),
+        sse_keepalive: Duration::from_secs(15),
         me: me.to_string(),
     }
 }
@@ -94,6 +95,7 @@ fn record(id: &str, owner: &str) -> SessionRecord {
         upstream_session_id: format!("up-{id}"),
         owner: owner.into(),
         server_name: "demo".into(),
+        transport: Default::default(),
         user: None,
         protocol_version: Some("2025-06-18".into()),
         init_params: Some("{}".into()),

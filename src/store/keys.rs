@@ -14,6 +14,8 @@ pub mod session_field {
     pub const UPSTREAM_SESSION_ID: &str = "upstream_session_id";
     pub const OWNER: &str = "owner";
     pub const SERVER: &str = "server";
+    /// `streamable_http` or `sse` (absent in records of older sidecars: Streamable HTTP).
+    pub const TRANSPORT: &str = "transport";
     pub const USER: &str = "user";
     pub const PROTOCOL_VERSION: &str = "protocol_version";
     pub const INIT_PARAMS: &str = "init_params";

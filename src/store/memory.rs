@@ -225,6 +225,7 @@ mod tests {
             upstream_session_id: id.into(),
             owner: "10.0.0.1:8081".into(),
             server_name: "demo".into(),
+            transport: Default::default(),
             user: None,
             protocol_version: Some("2025-06-18".into()),
             init_params: Some("{}".into()),

@@ -29,6 +29,34 @@ impl Backend {
     }
 }
 
+/// How a session's client talks to the MCP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    /// Streamable HTTP (2025-03-26 and later): `Mcp-Session-Id`, recoverable by replay.
+    #[default]
+    StreamableHttp,
+    /// Legacy HTTP+SSE (2024-11-05): a `GET /sse` stream that lives on its owner pod; the
+    /// session ends with the stream and is never replayed.
+    Sse,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::StreamableHttp => "streamable_http",
+            Transport::Sse => "sse",
+        }
+    }
+
+    /// Reads the stored form; records written before the field existed are Streamable HTTP.
+    pub fn parse(s: Option<&str>) -> Transport {
+        match s {
+            Some("sse") => Transport::Sse,
+            _ => Transport::StreamableHttp,
+        }
+    }
+}
+
 /// One MCP session as the sidecars share it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
@@ -39,6 +67,7 @@ pub struct SessionRecord {
     /// Advertised address of the pod whose upstream holds the session.
     pub owner: String,
     pub server_name: String,
+    pub transport: Transport,
     /// Hub user that created the session, when auth is on.
     pub user: Option<String>,
     pub protocol_version: Option<String>,

@@ -3,7 +3,7 @@
 //! Redis outage degrades the sidecar instead of hanging requests.
 
 use super::keys::{self, session_field as f};
-use super::{Backend, PodInfo, SessionRecord, SessionStore, StoreError};
+use super::{Backend, PodInfo, SessionRecord, SessionStore, StoreError, Transport};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -161,6 +161,7 @@ impl SessionStore for RedisStore {
             (f::UPSTREAM_SESSION_ID, r.upstream_session_id.clone()),
             (f::OWNER, r.owner.clone()),
             (f::SERVER, r.server_name.clone()),
+            (f::TRANSPORT, r.transport.as_str().to_string()),
             (f::CREATED_AT, r.created_at.to_string()),
             (f::LAST_SEEN, r.last_seen.to_string()),
         ];
@@ -403,6 +404,7 @@ fn record_from_hash(
         upstream_session_id,
         owner,
         server_name,
+        transport: Transport::parse(map.remove(f::TRANSPORT).as_deref()),
         user: map.remove(f::USER),
         protocol_version: map.remove(f::PROTOCOL_VERSION),
         init_params: map.remove(f::INIT_PARAMS),

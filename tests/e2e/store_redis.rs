@@ -10,6 +10,7 @@ fn record(id: &str) -> SessionRecord {
         upstream_session_id: format!("up-{id}"),
         owner: "10.0.0.7:8080".into(),
         server_name: "github".into(),
+        transport: Default::default(),
         user: Some("u-42".into()),
         protocol_version: Some("2025-06-18".into()),
         init_params: Some(r#"{"protocolVersion":"2025-06-18","capabilities":{}}"#.into()),
