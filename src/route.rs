@@ -33,6 +33,23 @@ impl Route {
         }
         out
     }
+
+    /// The reverse of [`Route::upstream_path_and_query`]: the path a client uses for an
+    /// upstream path (as the legacy SSE `endpoint` event names it). `None` when the upstream
+    /// path lies outside this route.
+    pub fn client_path(&self, upstream: &str) -> Option<String> {
+        let rest = upstream.strip_prefix(self.upstream_path.as_str())?;
+        if !(rest.is_empty() || rest.starts_with(['/', '?'])) {
+            return None;
+        }
+        let mut out = String::with_capacity(self.prefix.len() + rest.len() + 1);
+        out.push_str(&self.prefix);
+        if out.is_empty() && !rest.starts_with('/') {
+            out.push('/');
+        }
+        out.push_str(rest);
+        Some(out)
+    }
 }
 
 /// All routes, longest prefix first.
@@ -124,5 +141,36 @@ mod tests {
         );
         assert_eq!(root.upstream_path_and_query("/", None), "/");
         assert_eq!(gh.upstream_authority, "127.0.0.1:2");
+    }
+
+    #[test]
+    fn upstream_paths_map_back_to_client_paths() {
+        let t = table(&[
+            ("/gh", "http://127.0.0.1:2/mcp"),
+            ("/py", "http://127.0.0.1:3"),
+            ("/", "http://127.0.0.1:1"),
+        ]);
+        let gh = t.find("/gh").unwrap();
+        assert_eq!(
+            gh.client_path("/mcp/messages?sessionId=1").as_deref(),
+            Some("/gh/messages?sessionId=1")
+        );
+        assert_eq!(gh.client_path("/mcp?x").as_deref(), Some("/gh?x"));
+        assert_eq!(gh.client_path("/mcpx/messages"), None);
+        assert_eq!(gh.client_path("/messages"), None);
+        let py = t.find("/py/sse").unwrap();
+        assert_eq!(
+            py.client_path("/messages/?session_id=ab").as_deref(),
+            Some("/py/messages/?session_id=ab")
+        );
+        let root = t.find("/sse").unwrap();
+        assert_eq!(
+            root.client_path("/messages/?session_id=ab").as_deref(),
+            Some("/messages/?session_id=ab")
+        );
+        for (r, p) in [(gh, "/gh/messages"), (py, "/py/messages/"), (root, "/x")] {
+            let up = r.upstream_path_and_query(p, Some("a=1"));
+            assert_eq!(r.client_path(&up).unwrap(), format!("{p}?a=1"));
+        }
     }
 }
