@@ -91,6 +91,7 @@ fn main() -> ExitCode {
             heartbeat_interval: s.heartbeat_interval,
             pod_ttl: s.pod_ttl,
             recovery_timeout: s.recovery_timeout,
+            sse_keepalive: s.sse_keepalive,
             me: config.advertise_address(),
         },
     );

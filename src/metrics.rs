@@ -26,13 +26,21 @@ pub struct Metrics {
     pub active_sessions: IntGauge,
     /// Time to response headers for requests forwarded to the owner pod.
     pub forward_latency: Histogram,
+    /// Legacy SSE streams open on this pod.
+    pub sse_streams: IntGauge,
+    /// Legacy SSE message posts: served here (`local`), sent to the owner pod (`forwarded`),
+    /// or served here for a peer (`from_peer`).
+    pub sse_posts: IntCounterVec,
+    /// Legacy SSE failures by reason (unknown_session, owner_gone, owner_unreachable, ...).
+    pub sse_failures: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    Metrics {
     requests: register_int_counter_vec!(
         "mcp_sidecar_requests_total",
         "Requests handled, by route, JSON-RPC method and HTTP status",
@@ -81,6 +89,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| Metrics {
         LATENCY_BUCKETS.to_vec()
     )
     .expect("metric registers once"),
+    sse_streams: register_int_gauge!(
+        "mcp_sidecar_sse_streams",
+        "Legacy SSE streams open on this pod"
+    )
+    .expect("metric registers once"),
+    sse_posts: register_int_counter_vec!(
+        "mcp_sidecar_sse_posts_total",
+        "Legacy SSE message posts: local (stream on this pod), forwarded (to the owner pod), from_peer (served for a peer)",
+        &["via"]
+    )
+    .expect("metric registers once"),
+    sse_failures: register_int_counter_vec!(
+        "mcp_sidecar_sse_failures_total",
+        "Legacy SSE failures, by reason",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+}
 });
 
 /// The Prometheus text exposition of every registered metric.

@@ -155,6 +155,10 @@ pub struct SessionSection {
     /// that is already doing it.
     #[serde(with = "human_duration")]
     pub recovery_timeout: Duration,
+    /// An idle legacy SSE stream gets a comment line this often, so load balancers with idle
+    /// timeouts keep it. `0s`: never.
+    #[serde(with = "human_duration")]
+    pub sse_keepalive: Duration,
 }
 
 impl Default for SessionSection {
@@ -165,6 +169,7 @@ impl Default for SessionSection {
             heartbeat_interval: Duration::from_secs(2),
             pod_ttl: Duration::from_secs(10),
             recovery_timeout: Duration::from_secs(5),
+            sse_keepalive: Duration::from_secs(15),
         }
     }
 }

@@ -14,16 +14,18 @@
 mod body;
 mod cors;
 mod hop;
+mod relay;
 mod reply;
 
 use crate::config::Config;
+use crate::legacy;
 use crate::metrics::METRICS;
 use crate::protocol::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::{code, initialize_params, Envelope};
 use crate::protocol::unknown_session::may_be_unknown_session;
 use crate::route::{Route, RouteTable};
-use crate::session::{Decision, Sessions};
-use crate::store::{unix_now, SessionRecord};
+use crate::session::{Decision, Sessions, StreamDecision};
+use crate::store::{unix_now, SessionRecord, Transport};
 use async_trait::async_trait;
 use body::{envelope_of, BodyBuffer, BodyProgress};
 use bytes::Bytes;
@@ -99,6 +101,8 @@ struct SessionCtx {
     via: &'static str,
     /// A request gets one retry through recovery, never more.
     retried: bool,
+    /// A legacy SSE message post (session id in the query; never recovered).
+    legacy: bool,
 }
 
 /// Per-request state.
@@ -125,6 +129,10 @@ pub struct RequestCtx {
     init: Option<(String, Option<String>)>,
     /// Set when the next upstream_peer must recover the session first, with the reason.
     recover: Option<&'static str>,
+    /// The legacy SSE session of this request (a stream it opened, or a post it carried).
+    legacy_sid: Option<String>,
+    /// A legacy post's stream turned out to be gone while forwarding (the reason).
+    legacy_gone: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -162,6 +170,11 @@ fn too_large(limit: usize) -> Refusal {
         code::INVALID_REQUEST,
         format!("request body exceeds the limit of {limit} bytes"),
     )
+}
+
+/// A legacy post whose stream is gone. The text is FastMCP's own, which clients know.
+fn stream_gone() -> Refusal {
+    Refusal::new(404, code::SESSION_NOT_FOUND, "Could not find session")
 }
 
 fn recovery_failed(e: impl std::fmt::Display) -> Refusal {
@@ -257,7 +270,7 @@ impl Sidecar {
             .get(MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
         else {
-            return Ok(());
+            return self.route_legacy_post(req, ctx).await;
         };
         let route = ctx.route.clone().expect("admitted requests have a route");
         let decision = if ctx.from_peer {
@@ -302,6 +315,7 @@ impl Sidecar {
             target,
             via,
             retried: false,
+            legacy: false,
         });
         // a body past Pingora's retry buffer cannot be resent if the MCP server turns out to
         // have forgotten the session, so ask it before sending
@@ -317,6 +331,58 @@ impl Sidecar {
                 .await
                 .map_err(recovery_failed)?;
         }
+        Ok(())
+    }
+
+    /// Routes a legacy SSE message post (`POST /messages/?session_id=…`) to the pod whose
+    /// stream holds the session. Its answer travels on that stream, so it cannot be recovered
+    /// elsewhere: when the stream is gone the client gets 404 and reconnects.
+    async fn route_legacy_post(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), Refusal> {
+        let sid = match req.uri.query().and_then(legacy::session_id_from_query) {
+            Some(sid) if req.method == http::Method::POST => sid,
+            _ => return Ok(()),
+        };
+        let route = ctx.route.clone().expect("admitted requests have a route");
+        ctx.legacy_sid = Some(sid.to_string());
+        let target = match self
+            .sessions
+            .resolve_stream(sid, &route.server_name, ctx.from_peer)
+            .await
+        {
+            StreamDecision::Local => Target::Upstream,
+            StreamDecision::Forward { owner } => Target::Owner(owner),
+            StreamDecision::Gone(reason) => {
+                METRICS.sse_failures.with_label_values(&[reason]).inc();
+                return Err(stream_gone());
+            }
+            StreamDecision::StoreUnavailable => {
+                METRICS
+                    .sse_failures
+                    .with_label_values(&["store_unavailable"])
+                    .inc();
+                return Err(Refusal::new(
+                    503,
+                    code::SERVER_ERROR,
+                    "session store unavailable and the SSE stream is not on this pod; retry shortly",
+                ));
+            }
+        };
+        ctx.session = Some(SessionCtx {
+            client_sid: sid.to_string(),
+            upstream_sid: sid.to_string(),
+            via: if matches!(target, Target::Owner(_)) {
+                "forwarded"
+            } else {
+                "local"
+            },
+            target,
+            retried: true,
+            legacy: true,
+        });
         Ok(())
     }
 
@@ -388,6 +454,7 @@ impl Sidecar {
             upstream_session_id: upstream_sid.to_string(),
             owner: self.sessions.settings.me.clone(),
             server_name: ctx.route.as_ref()?.server_name.clone(),
+            transport: Transport::StreamableHttp,
             user: None,
             protocol_version: version,
             init_params: Some(params),
@@ -418,6 +485,8 @@ impl ProxyHttp for Sidecar {
             session: None,
             init: None,
             recover: None,
+            legacy_sid: None,
+            legacy_gone: None,
         }
     }
 
@@ -473,6 +542,10 @@ impl ProxyHttp for Sidecar {
             reply::send(session, ctx, &refusal).await?;
             return Ok(true);
         }
+        if relay::wants_stream(session.req_header()) {
+            self.relay_stream(session, ctx).await?;
+            return Ok(true);
+        }
         Ok(false)
     }
 
@@ -518,6 +591,14 @@ impl ProxyHttp for Sidecar {
         mut e: Box<Error>,
     ) -> Box<Error> {
         match ctx.session.as_mut() {
+            // a legacy stream lives in its owner's sidecar: if that does not answer, the
+            // stream is gone with it
+            Some(s) if s.legacy && matches!(s.target, Target::Owner(_)) => {
+                ctx.legacy_gone = Some("owner_unreachable");
+                self.sessions
+                    .drop_stream_record(&s.client_sid, "its owner pod is unreachable");
+                e.set_retry(false);
+            }
             // the owner's sidecar does not answer: the pod is gone, recover here once
             Some(s) if matches!(s.target, Target::Owner(_)) && !s.retried => {
                 s.retried = true;
@@ -683,6 +764,21 @@ impl ProxyHttp for Sidecar {
                     self.sessions.capture(record).await;
                 }
             }
+            Some(s) if s.legacy => {
+                let via = match (&s.target, ctx.from_peer) {
+                    (Target::Owner(_), _) => "forwarded",
+                    (Target::Upstream, true) => "from_peer",
+                    (Target::Upstream, false) => "local",
+                };
+                METRICS.sse_posts.with_label_values(&[via]).inc();
+                // the owner answers 404 when the stream ended since it was looked up
+                if upstream_response.status.as_u16() == 404 {
+                    METRICS
+                        .sse_failures
+                        .with_label_values(&["stream_closed"])
+                        .inc();
+                }
+            }
             Some(s) if s.target == Target::Upstream => {
                 if s.upstream_sid != s.client_sid
                     && upstream_response.headers.contains_key(MCP_SESSION_ID)
@@ -715,7 +811,11 @@ impl ProxyHttp for Sidecar {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (refusal, kind) = reply::for_proxy_error(e, ctx.route_label());
+        let (mut refusal, kind) = reply::for_proxy_error(e, ctx.route_label());
+        if let Some(reason) = ctx.legacy_gone {
+            METRICS.sse_failures.with_label_values(&[reason]).inc();
+            refusal = refusal.map(|_| stream_gone());
+        }
         if e.esource() == &pingora::ErrorSource::Upstream {
             ctx.upstream_error = Some(kind);
             METRICS
@@ -790,6 +890,7 @@ impl ProxyHttp for Sidecar {
             .headers
             .get(MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
+            .or(ctx.legacy_sid.as_deref())
             .unwrap_or("-");
         // the path only: a query string may carry a hub key
         info!(

@@ -21,6 +21,7 @@
 
 pub mod heartbeat;
 mod local;
+mod streams;
 pub mod upstream_call;
 
 use crate::metrics::METRICS;
@@ -34,6 +35,8 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use streams::StreamTable;
+use tokio::sync::Notify;
 
 /// How the session layer behaves; from the `session` section of the configuration.
 #[derive(Debug, Clone)]
@@ -43,6 +46,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     pub pod_ttl: Duration,
     pub recovery_timeout: Duration,
+    /// An idle legacy SSE stream gets a comment line this often (zero: never).
+    pub sse_keepalive: Duration,
     /// This pod's advertised peer address: the `owner` of the sessions it holds.
     pub me: String,
 }
@@ -59,6 +64,19 @@ pub enum Decision {
     /// No pod knows the session.
     Unknown,
     /// Not owned here, and the store cannot say where it is.
+    StoreUnavailable,
+}
+
+/// Where a legacy SSE message post goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamDecision {
+    /// The stream is open on this pod.
+    Local,
+    /// The stream is open on another live pod; forward to its peer address.
+    Forward { owner: String },
+    /// The stream is gone; the reason is a metrics label.
+    Gone(&'static str),
+    /// Not open here, and the store cannot say where it is.
     StoreUnavailable,
 }
 
@@ -100,6 +118,7 @@ const PROBE_ID: &str = "\"mcp-sidecar-probe\"";
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     local: LocalTable,
+    streams: StreamTable,
     pub settings: Settings,
     /// The store missed writes (it was down, or lost its data): re-register local sessions.
     needs_resync: AtomicBool,
@@ -110,6 +129,7 @@ impl Sessions {
         Arc::new(Sessions {
             store,
             local: LocalTable::default(),
+            streams: StreamTable::default(),
             settings,
             needs_resync: AtomicBool::new(false),
         })
@@ -227,7 +247,7 @@ impl Sessions {
 
     /// Ends a session everywhere (DELETE, admin API).
     pub async fn forget(&self, sid: &str) -> Result<bool, StoreError> {
-        let local = self.local.remove(sid);
+        let local = self.local.remove(sid) | self.streams.close(sid);
         let stored = self.store.delete_session(sid).await?;
         if local || stored {
             info!("session {sid} deleted");
@@ -243,6 +263,112 @@ impl Sessions {
 
     pub fn local_count(&self) -> usize {
         self.local.len()
+    }
+
+    /// How long a legacy stream's record outlives its last refresh: three heartbeat refreshes,
+    /// so a crashed pod's streams leave the store within minutes.
+    pub fn stream_ttl(&self) -> Duration {
+        self.settings.refresh_interval * 3
+    }
+
+    /// Registers a legacy SSE stream this pod relays. Returns what ends it early (an admin
+    /// delete). The store write is awaited: a post for the session may reach another pod as
+    /// soon as the client reads the `endpoint` event.
+    pub async fn open_stream(&self, record: SessionRecord) -> Arc<Notify> {
+        let sid = record.session_id.clone();
+        let close = self.streams.insert(record.clone());
+        METRICS.sessions.with_label_values(&["created"]).inc();
+        match self.store.save_session(&record, self.stream_ttl()).await {
+            Ok(()) => info!(
+                "sse session {sid} opened (server {}, owner {})",
+                record.server_name, record.owner
+            ),
+            Err(e) => {
+                METRICS
+                    .sse_failures
+                    .with_label_values(&["register_failed"])
+                    .inc();
+                self.store_failed("saving the SSE stream failed", &sid, &e);
+            }
+        }
+        close
+    }
+
+    /// The stream of `sid` closed: its session ends everywhere.
+    pub async fn close_stream(&self, sid: &str) {
+        if !self.streams.remove(sid) {
+            return;
+        }
+        METRICS.sessions.with_label_values(&["deleted"]).inc();
+        match self.store.delete_session(sid).await {
+            Ok(_) => info!("sse session {sid} closed"),
+            Err(e) => warn!("sse session {sid} closed, but its record stays until its TTL: {e}"),
+        }
+    }
+
+    /// Where a legacy message post for `sid` on route `server` goes. A post forwarded by a
+    /// peer is served only if the stream is open here.
+    pub async fn resolve_stream(&self, sid: &str, server: &str, forwarded: bool) -> StreamDecision {
+        if self.streams.contains(sid, server) {
+            return StreamDecision::Local;
+        }
+        if forwarded {
+            return StreamDecision::Gone("not_owned");
+        }
+        let record = match self.store.load_session(sid).await {
+            Ok(Some(r)) if r.server_name == server => r,
+            Ok(_) => return StreamDecision::Gone("unknown_session"),
+            Err(_) => return StreamDecision::StoreUnavailable,
+        };
+        if record.owner == self.settings.me {
+            // this pod's stream is closed (the sidecar restarted): the record is stale
+            self.drop_stream_record(sid, "its stream is no longer open on this pod");
+            return StreamDecision::Gone("stream_closed");
+        }
+        match self.store.pod_alive(&record.owner).await {
+            Ok(true) => StreamDecision::Forward {
+                owner: record.owner,
+            },
+            Ok(false) => {
+                self.drop_stream_record(sid, "its owner pod is gone");
+                StreamDecision::Gone("owner_gone")
+            }
+            Err(_) => StreamDecision::StoreUnavailable,
+        }
+    }
+
+    /// Removes a legacy session record whose stream cannot exist any more, off the request
+    /// path.
+    pub fn drop_stream_record(&self, sid: &str, why: &'static str) {
+        let store = self.store.clone();
+        let sid = sid.to_string();
+        tokio::spawn(async move {
+            if let Ok(true) = store.delete_session(&sid).await {
+                info!("sse session {sid} removed: {why}");
+            }
+        });
+    }
+
+    /// Slides the store TTL of the streams open here; ends those deleted through the admin
+    /// API.
+    async fn refresh_streams(&self) {
+        let ttl = self.stream_ttl();
+        for sid in self.streams.due(self.settings.refresh_interval) {
+            match self.store.touch_session(&sid, unix_now(), ttl).await {
+                Ok(true) => {}
+                Ok(false) => match self.store.pod_alive(&self.settings.me).await {
+                    Ok(true) => {
+                        info!("sse session {sid} was deleted from the store; closing its stream");
+                        self.streams.close(&sid);
+                    }
+                    _ => self.needs_resync.store(true, Ordering::Relaxed),
+                },
+                Err(e) => {
+                    self.store_failed("SSE stream TTL refresh failed", &sid, &e);
+                    break;
+                }
+            }
+        }
     }
 
     /// Asks the local MCP server whether it still knows `upstream_sid`, with a `ping`.
@@ -406,6 +532,7 @@ impl Sessions {
             }
             Err(_) => self.needs_resync.store(true, Ordering::Relaxed),
         }
+        self.refresh_streams().await;
         let expired = self.local.expire_idle(self.settings.ttl);
         if expired > 0 {
             info!("{expired} idle sessions expired");
@@ -417,13 +544,17 @@ impl Sessions {
     }
 
     async fn resync(&self) {
-        let records = self.local.all();
+        let stream_ttl = self.stream_ttl();
+        let records: Vec<(SessionRecord, Duration)> = (self.local.all().into_iter())
+            .map(|r| (r, self.settings.ttl))
+            .chain(self.streams.all().into_iter().map(|r| (r, stream_ttl)))
+            .collect();
         if records.is_empty() {
             return;
         }
         let mut saved = 0;
-        for r in &records {
-            match self.store.save_session(r, self.settings.ttl).await {
+        for (r, ttl) in &records {
+            match self.store.save_session(r, *ttl).await {
                 Ok(()) => saved += 1,
                 Err(_) => {
                     self.needs_resync.store(true, Ordering::Relaxed);
