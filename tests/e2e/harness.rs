@@ -370,7 +370,16 @@ pub fn python_client(url: &str, transport: Transport, extra: &[&str]) -> serde_j
 
 /// The Python client's outcome, success or failure: `Err` holds what it printed.
 pub fn python_client_outcome(url: &str, extra: &[&str]) -> Result<serde_json::Value, String> {
-    let out = python_command(url, Transport::StreamableHttp, extra)
+    python_client_outcome_via(url, Transport::StreamableHttp, extra)
+}
+
+/// The same, on a given transport.
+pub fn python_client_outcome_via(
+    url: &str,
+    transport: Transport,
+    extra: &[&str],
+) -> Result<serde_json::Value, String> {
+    let out = python_command(url, transport, extra)
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -390,25 +399,36 @@ pub struct PausedClient {
 
 impl PausedClient {
     pub fn start(dir: &Path, url: &str, calls: usize, pause_after: usize) -> PausedClient {
+        Self::start_with(dir, url, Transport::StreamableHttp, calls, pause_after, &[])
+    }
+
+    /// On a given transport, with more client arguments.
+    pub fn start_with(
+        dir: &Path,
+        url: &str,
+        transport: Transport,
+        calls: usize,
+        pause_after: usize,
+        extra: &[&str],
+    ) -> PausedClient {
         use std::io::BufRead;
         let resume_file = dir.join(format!("resume-{}", free_port()));
-        let mut child = python_command(
-            url,
-            Transport::StreamableHttp,
-            &[
-                "--calls",
-                &calls.to_string(),
-                "--pause-after",
-                &pause_after.to_string(),
-                "--resume-file",
-                resume_file.to_str().unwrap(),
-            ],
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+        let (calls, pause_after) = (calls.to_string(), pause_after.to_string());
+        let mut args = vec![
+            "--calls",
+            &calls,
+            "--pause-after",
+            &pause_after,
+            "--resume-file",
+            resume_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        let mut child = python_command(url, transport, &args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
         let stdout = child.stdout.as_mut().unwrap();
         let mut line = String::new();
         std::io::BufReader::new(stdout)
@@ -708,8 +728,19 @@ impl Pod {
     /// A pod of a cluster: FastMCP and a sidecar on `ip`, sharing `redis`, route `/mcp`
     /// named `fastmcp`.
     pub fn on(dir: &Path, ip: &str, redis: &Redis, extra: &str) -> Pod {
-        let upstream = FastMcp::start_on(dir, ip, free_port(), Transport::StreamableHttp);
-        let route = Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "fastmcp");
+        Self::on_with(dir, ip, redis, extra, Transport::StreamableHttp)
+    }
+
+    /// The same for a transport. Legacy SSE servers are mounted under `/py` (their `/sse` and
+    /// `/messages/` become `/py/sse` and `/py/messages/`).
+    pub fn on_with(dir: &Path, ip: &str, redis: &Redis, extra: &str, transport: Transport) -> Pod {
+        let upstream = FastMcp::start_on(dir, ip, free_port(), transport);
+        let route = match transport {
+            Transport::StreamableHttp => {
+                Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "fastmcp")
+            }
+            Transport::Sse => Sidecar::route("/py", &upstream.base(), "fastmcp"),
+        };
         let sidecar = Sidecar::start_on(
             dir,
             ip,
@@ -786,10 +817,14 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(name: &str, extra: &str) -> Cluster {
+        Self::start_with(name, extra, Transport::StreamableHttp)
+    }
+
+    pub fn start_with(name: &str, extra: &str, transport: Transport) -> Cluster {
         let dir = test_dir(name);
         let redis = Redis::start(&dir);
         let pods: Vec<Pod> = (1..=3)
-            .map(|i| Pod::on(&dir, &format!("127.0.0.{i}"), &redis, extra))
+            .map(|i| Pod::on_with(&dir, &format!("127.0.0.{i}"), &redis, extra, transport))
             .collect();
         let entry = RoundRobin::start(
             &dir,

@@ -6,6 +6,7 @@ mod harness;
 mod clients;
 mod config_check;
 mod edges;
+mod legacy;
 mod pods;
 mod redis_mode;
 mod store_redis;

@@ -127,5 +127,24 @@ async def silent_stream(request: Request) -> StreamingResponse:
     return StreamingResponse(events(), media_type="text/event-stream")
 
 
+@mcp.custom_route("/stalling", methods=["GET"])
+async def stalling_stream(request: Request) -> StreamingResponse:
+    """An SSE stream whose events arrive in pieces with pauses inside them, as a slow server or
+    a congested network delivers them. ?events=N&pause=SECONDS"""
+    count = int(request.query_params.get("events", "3"))
+    pause = float(request.query_params.get("pause", "0.2"))
+
+    async def events():
+        for i in range(count):
+            yield f"event: message\ndata: {{\"part\": {i}, "
+            await asyncio.sleep(pause)
+            yield f"\"whole\": true}}\n"
+            await asyncio.sleep(pause)
+            yield "\n"
+            await asyncio.sleep(pause)
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
 if __name__ == "__main__":
     mcp.run(transport=args.transport)

@@ -2,6 +2,8 @@
 
 Run: python py_client.py --url URL --transport streamable-http|sse [--calls N]
 Prints one JSON object describing what the client saw; exits non-zero on any failure.
+With --reconnects N a failed session is replaced by a new one (what an application does
+after a 404 or a broken stream), up to N times; the calls continue where they stopped.
 """
 
 import argparse
@@ -9,6 +11,7 @@ import asyncio
 import json
 import os
 import sys
+from datetime import timedelta
 
 from mcp import ClientSession
 from mcp.client.sse import sse_client
@@ -25,16 +28,22 @@ parser.add_argument(
     help="after this many add() calls print PAUSED and wait for --resume-file to exist",
 )
 parser.add_argument("--resume-file", default="")
+parser.add_argument("--request-timeout", type=float, default=0, help="seconds; 0 = none")
+parser.add_argument("--reconnects", type=int, default=0, help="new sessions allowed after failures")
 args = parser.parse_args()
 headers = dict(h.split("=", 1) for h in args.header)
+timeout = timedelta(seconds=args.request_timeout) if args.request_timeout else None
+results = []
+paused = False
 
 
 async def scenario(session: ClientSession) -> dict:
+    global paused
     init = await session.initialize()
     tools = await session.list_tools()
-    results = []
-    for i in range(args.calls):
-        if i == args.pause_after:
+    for i in range(len(results), args.calls):
+        if i == args.pause_after and not paused:
+            paused = True
             print("PAUSED", flush=True)
             while not os.path.exists(args.resume_file):
                 await asyncio.sleep(0.05)
@@ -57,16 +66,30 @@ async def scenario(session: ClientSession) -> dict:
     }
 
 
-async def main() -> dict:
+async def one_session() -> dict:
     if args.transport == "sse":
         async with sse_client(args.url, headers=headers) as (read, write):
-            async with ClientSession(read, write) as session:
+            async with ClientSession(read, write, read_timeout_seconds=timeout) as session:
                 return await scenario(session)
     async with streamablehttp_client(args.url, headers=headers) as (read, write, get_session_id):
-        async with ClientSession(read, write) as session:
+        async with ClientSession(read, write, read_timeout_seconds=timeout) as session:
             out = await scenario(session)
             out["session_id"] = get_session_id()
             return out
+
+
+async def main() -> dict:
+    failures = []
+    while True:
+        try:
+            out = await one_session()
+            out["reconnects"] = len(failures)
+            out["failures"] = failures
+            return out
+        except Exception as e:
+            if len(failures) >= args.reconnects:
+                raise
+            failures.append(repr(e)[:300])
 
 
 try:
