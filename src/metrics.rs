@@ -26,6 +26,8 @@ pub struct Metrics {
     pub active_sessions: IntGauge,
     /// Time to response headers for requests forwarded to the owner pod.
     pub forward_latency: Histogram,
+    /// 1 while this pod drains (SIGTERM or the admin API).
+    pub draining: IntGauge,
     /// Legacy SSE streams open on this pod.
     pub sse_streams: IntGauge,
     /// Legacy SSE message posts: served here (`local`), sent to the owner pod (`forwarded`),
@@ -87,6 +89,11 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "mcp_sidecar_forward_duration_seconds",
         "Time to response headers for requests forwarded to the owner pod",
         LATENCY_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    draining: register_int_gauge!(
+        "mcp_sidecar_draining",
+        "1 while this pod drains: deregistered, handing requests to peers"
     )
     .expect("metric registers once"),
     sse_streams: register_int_gauge!(

@@ -1,6 +1,6 @@
 //! This pod's registration in the store: renewed every heartbeat interval, removed at shutdown
-//! so peers recover this pod's sessions at once instead of waiting for the registration to
-//! expire.
+//! (the drain) so peers recover this pod's sessions at once instead of waiting for the
+//! registration to expire.
 
 use super::Sessions;
 use async_trait::async_trait;
@@ -30,8 +30,9 @@ impl BackgroundService for Heartbeat {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                // SIGTERM: Pingora stops accepting and gives in-flight work the grace period
                 _ = shutdown.changed() => {
-                    self.sessions.deregister().await;
+                    self.sessions.drain().await;
                     return;
                 }
                 _ = tick.tick() => self.sessions.heartbeat(&info).await,

@@ -15,6 +15,12 @@
 //! 4. The local MCP server answers that it does not know the session (it restarted): the
 //!    sidecar probes with a `ping` to be sure, recovers as in 3, and retries the request.
 //!
+//! Draining (SIGTERM, or `POST /api/admin/drain` from a Kubernetes `preStop` hook): the pod
+//! deregisters at once, so peers recover its sessions on their next request instead of waiting
+//! for `pod_ttl`. Requests that still reach the draining pod are handed to a live peer over the
+//! hop: its own sessions (the peer recovers them, since their owner is gone) and new sessions
+//! alike. With no live peer left it serves them itself rather than fail.
+//!
 //! When the store is down, sessions in the local table keep working, new sessions open and are
 //! kept locally, and the heartbeat registers them again once the store is back (also when it
 //! comes back empty).
@@ -122,6 +128,23 @@ pub struct Sessions {
     pub settings: Settings,
     /// The store missed writes (it was down, or lost its data): re-register local sessions.
     needs_resync: AtomicBool,
+    /// This pod is leaving: deregistered, handing requests to `drain_peers`.
+    draining: AtomicBool,
+    /// Live peers when the drain began.
+    drain_peers: std::sync::Mutex<Vec<String>>,
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainReport {
+    /// `false` when the pod was already draining.
+    pub started: bool,
+    /// Where requests for this pod's sessions go now.
+    pub peers: Vec<String>,
+    /// Sessions this pod owned, now handed over.
+    pub sessions: usize,
+    /// Legacy SSE streams still open here (they end with the pod).
+    pub streams: usize,
 }
 
 impl Sessions {
@@ -132,6 +155,8 @@ impl Sessions {
             streams: StreamTable::default(),
             settings,
             needs_resync: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            drain_peers: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -146,6 +171,9 @@ impl Sessions {
 
     /// Where a client's request for `sid` on route `server` goes.
     pub async fn resolve(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+        if self.is_draining() {
+            return self.resolve_draining(sid, server).await;
+        }
         if let Some(d) = self.resolve_local(sid, server) {
             return d;
         }
@@ -167,16 +195,117 @@ impl Sessions {
     }
 
     /// Where a request forwarded by a peer goes: only ever here (a hop is never forwarded
-    /// again), and only if this pod owns the session.
+    /// again). Served if this pod owns the session, recovered here if its owner is gone (a
+    /// draining pod hands its sessions over this way).
     pub async fn resolve_forwarded(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
         if let Some(d) = self.resolve_local(sid, server) {
             return d;
         }
-        match self.store.load_session(sid).await {
-            Ok(Some(r)) if r.server_name == server && r.owner == self.settings.me => self.adopt(r),
-            Ok(_) => Decision::Unknown,
+        let record = match self.store.load_session(sid).await {
+            Ok(Some(r)) if r.server_name == server => r,
+            Ok(_) => return Decision::Unknown,
+            Err(_) => return Decision::StoreUnavailable,
+        };
+        if record.owner == self.settings.me {
+            return self.adopt(record);
+        }
+        match self.store.pod_alive(&record.owner).await {
+            Ok(false) => Decision::Recover(record),
+            Ok(true) => Decision::Unknown,
             Err(_) => Decision::StoreUnavailable,
         }
+    }
+
+    /// While draining: this pod's sessions go to a peer, which recovers them; the local table
+    /// is used only when no peer is left.
+    async fn resolve_draining(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+        let record = match self.local.record(sid) {
+            Some(r) => Some(r),
+            None => match self.store.load_session(sid).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return self
+                        .resolve_local(sid, server)
+                        .unwrap_or(Decision::StoreUnavailable)
+                }
+            },
+        };
+        let Some(record) = record.filter(|r| r.server_name == server) else {
+            return Decision::Unknown;
+        };
+        if record.owner != self.settings.me {
+            if let Ok(true) = self.store.pod_alive(&record.owner).await {
+                return Decision::Forward {
+                    owner: record.owner,
+                };
+            }
+        }
+        match self.handoff_peer(sid) {
+            Some(peer) => Decision::Forward { owner: peer },
+            None if record.owner == self.settings.me => self
+                .resolve_local(sid, server)
+                .unwrap_or_else(|| self.adopt(record)),
+            None => Decision::Recover(record),
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The live peer that takes requests for `key` while this pod drains (the same peer for
+    /// the same key, spread over all of them). `None` when not draining or no peer is left.
+    pub fn handoff_peer(&self, key: &str) -> Option<String> {
+        if !self.is_draining() {
+            return None;
+        }
+        let peers = self.drain_peers.lock().unwrap_or_else(|p| p.into_inner());
+        if peers.is_empty() {
+            return None;
+        }
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        Some(peers[(hash % peers.len() as u64) as usize].clone())
+    }
+
+    /// Starts draining: readiness fails, the pod deregisters at once, and requests that still
+    /// arrive are handed to live peers. One way: a drained pod is on its way out.
+    pub async fn drain(&self) -> DrainReport {
+        let started = !self.draining.swap(true, Ordering::SeqCst);
+        if started {
+            METRICS.draining.set(1);
+            self.deregister().await;
+            let peers: Vec<String> = match self.store.list_pods().await {
+                Ok(pods) => pods
+                    .into_iter()
+                    .map(|p| p.address)
+                    .filter(|a| *a != self.settings.me)
+                    .collect(),
+                Err(e) => {
+                    warn!("draining without peers to hand over to: {e}");
+                    Vec::new()
+                }
+            };
+            *self.drain_peers.lock().unwrap_or_else(|p| p.into_inner()) = peers;
+        }
+        let report = DrainReport {
+            started,
+            peers: self
+                .drain_peers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            sessions: self.local.len(),
+            streams: self.streams.all().len(),
+        };
+        if started {
+            info!(
+                "draining: pod {} deregistered; {} sessions hand over to peers {:?}; {} SSE streams stay until they end",
+                self.settings.me, report.sessions, report.peers, report.streams
+            );
+        }
+        report
     }
 
     fn resolve_local(self: &Arc<Self>, sid: &str, server: &str) -> Option<Decision> {
@@ -519,6 +648,10 @@ impl Sessions {
     /// One heartbeat: renew this pod's registration; re-register local sessions when the
     /// store lost them; drop sessions idle past their TTL.
     pub async fn heartbeat(&self, info: &str) {
+        if self.is_draining() {
+            // registering again would draw the sessions back
+            return;
+        }
         match self
             .store
             .heartbeat_pod(&self.settings.me, info, self.settings.pod_ttl)
