@@ -29,6 +29,12 @@ impl AdminApp {
     /// every pod out of the Service because Redis blinked would turn a partial outage (no
     /// cross-pod continuity) into a total one.
     async fn readiness(&self) -> (StatusCode, Value) {
+        if self.sessions.is_draining() {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "draining"}),
+            );
+        }
         let store = self.sessions.store();
         match (store.backend(), store.ping().await) {
             (Backend::Memory, _) => (
@@ -101,6 +107,16 @@ impl AdminApp {
                 }
                 Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
             },
+            (&Method::POST, Some("drain")) => {
+                let r = self.sessions.drain().await;
+                ok(json!({
+                    "draining": true,
+                    "started": r.started,
+                    "peers": r.peers,
+                    "sessions": r.sessions,
+                    "sseStreams": r.streams,
+                }))
+            }
             (&Method::DELETE, Some(rest)) if rest.starts_with("sessions/") => {
                 let sid = &rest["sessions/".len()..];
                 match self.sessions.forget(sid).await {

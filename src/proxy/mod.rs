@@ -133,6 +133,8 @@ pub struct RequestCtx {
     legacy_sid: Option<String>,
     /// A legacy post's stream turned out to be gone while forwarding (the reason).
     legacy_gone: Option<&'static str>,
+    /// This pod drains: a request without a session goes to this live peer instead.
+    handoff: Option<String>,
 }
 
 impl RequestCtx {
@@ -487,6 +489,7 @@ impl ProxyHttp for Sidecar {
             recover: None,
             legacy_sid: None,
             legacy_gone: None,
+            handoff: None,
         }
     }
 
@@ -543,8 +546,23 @@ impl ProxyHttp for Sidecar {
             return Ok(true);
         }
         if relay::wants_stream(session.req_header()) {
+            if self.sessions.is_draining() {
+                // a legacy stream cannot move later: open it on a pod that stays
+                let refusal = Refusal::new(
+                    503,
+                    code::SERVER_ERROR,
+                    "this pod is draining; connect again to reach another pod",
+                );
+                session.set_keepalive(None);
+                reply::send(session, ctx, &refusal).await?;
+                return Ok(true);
+            }
             self.relay_stream(session, ctx).await?;
             return Ok(true);
+        }
+        if ctx.session.is_none() && !ctx.from_peer {
+            // draining: new sessions (and session-less requests) open on a pod that stays
+            ctx.handoff = self.sessions.handoff_peer(&ctx.request_id);
         }
         Ok(false)
     }
@@ -568,12 +586,17 @@ impl ProxyHttp for Sidecar {
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
-        let addr = match ctx.session.as_ref().map(|s| &s.target) {
-            Some(Target::Owner(owner)) => owner.parse::<std::net::SocketAddr>().or_err(
+        let peer_addr = match (&ctx.handoff, ctx.session.as_ref().map(|s| &s.target)) {
+            (Some(peer), _) => Some(peer),
+            (None, Some(Target::Owner(owner))) => Some(owner),
+            _ => None,
+        };
+        let addr = match peer_addr {
+            Some(a) => a.parse::<std::net::SocketAddr>().or_err(
                 ErrorType::InternalError,
-                "owner address in the store is not ip:port",
+                "peer address in the store is not ip:port",
             )?,
-            _ => route.upstream_addr,
+            None => route.upstream_addr,
         };
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
@@ -590,6 +613,11 @@ impl ProxyHttp for Sidecar {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if ctx.handoff.take().is_some() {
+            // the peer taking over is gone too: serve it here after all
+            e.set_retry(true);
+            return e;
+        }
         match ctx.session.as_mut() {
             // a legacy stream lives in its owner's sidecar: if that does not answer, the
             // stream is gone with it
@@ -680,6 +708,12 @@ impl ProxyHttp for Sidecar {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
         hop::strip(upstream_request);
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        if ctx.handoff.is_some() {
+            let secret = self.peer_secret.as_deref().ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "handing over without peer.secret")
+            })?;
+            return hop::sign(upstream_request, secret, &self.sessions.settings.me);
+        }
         if let Some(s) = &ctx.session {
             if let Target::Owner(_) = s.target {
                 // the owner's sidecar routes the client's own path; it serves as if local
@@ -751,10 +785,14 @@ impl ProxyHttp for Sidecar {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         ctx.apply_cors(upstream_response);
         let ok = upstream_response.status.is_success();
+        if self.sessions.is_draining() {
+            // the client's next request opens a new connection, which reaches a pod that stays
+            session.set_keepalive(None);
+        }
         match &ctx.session {
             // a new session: only a 2xx answer to initialize creates one (the Python SDK hands
-            // out orphan ids on its 400s)
-            None if ok && ctx.init.is_some() => {
+            // out orphan ids on its 400s); one a peer opened is the peer's
+            None if ok && ctx.init.is_some() && ctx.handoff.is_none() => {
                 let sid = upstream_response
                     .headers
                     .get(MCP_SESSION_ID)
@@ -895,7 +933,7 @@ impl ProxyHttp for Sidecar {
         // the path only: a query string may carry a hub key
         info!(
             target: "access",
-            "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}",
+            "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}{}",
             ctx.request_id,
             client,
             req.method,
@@ -909,6 +947,7 @@ impl ProxyHttp for Sidecar {
             ctx.session.as_ref().map(|s| format!(" via={}", s.via)).unwrap_or_default(),
             if ctx.from_peer { " from_peer=true" } else { "" },
             ctx.upstream_error.map(|k| format!(" upstream_error={k}")).unwrap_or_default(),
+            ctx.handoff.as_ref().map(|p| format!(" handoff={p}")).unwrap_or_default(),
             e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
         );
     }
