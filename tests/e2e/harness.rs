@@ -97,6 +97,30 @@ impl Proc {
         self.child.as_ref().map_or(0, |c| c.id())
     }
 
+    /// Sends SIGTERM (what Kubernetes sends a container it stops).
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit status, `None` if it did not.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut()?;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -288,16 +312,37 @@ impl Sidecar {
 
     /// The same on another loopback address (one "pod" each).
     pub fn start_on(dir: &Path, ip: &str, body: &str) -> Sidecar {
+        Self::start_on_with(dir, ip, &[], body)
+    }
+
+    /// With `server` settings overridden (`("grace_period", "3s")`).
+    pub fn start_on_with(dir: &Path, ip: &str, server: &[(&str, &str)], body: &str) -> Sidecar {
         let (port, admin_port, peer_port) = (free_port(), free_port(), free_port());
         let config = dir.join(format!("sidecar-{port}.yaml"));
-        fs::write(
-            &config,
-            format!(
-                "server:\n  listen: {ip}:{port}\n  admin_listen: {ip}:{admin_port}\n  peer_listen: {ip}:{peer_port}\n  threads: 2\n  grace_period: 0s\n  shutdown_timeout: 1s\n  pid_file: {dir}/sidecar-{port}.pid\n  upgrade_sock: {dir}/sidecar-{port}.sock\n{body}",
-                dir = dir.display()
+        let mut settings: Vec<(&str, String)> = vec![
+            ("listen", format!("{ip}:{port}")),
+            ("admin_listen", format!("{ip}:{admin_port}")),
+            ("peer_listen", format!("{ip}:{peer_port}")),
+            ("threads", "2".into()),
+            ("grace_period", "0s".into()),
+            ("shutdown_timeout", "1s".into()),
+            ("pid_file", format!("{}/sidecar-{port}.pid", dir.display())),
+            (
+                "upgrade_sock",
+                format!("{}/sidecar-{port}.sock", dir.display()),
             ),
-        )
-        .unwrap();
+        ];
+        for (k, v) in server {
+            match settings.iter_mut().find(|(name, _)| name == k) {
+                Some(entry) => entry.1 = v.to_string(),
+                None => settings.push((k, v.to_string())),
+            }
+        }
+        let server: String = settings
+            .iter()
+            .map(|(k, v)| format!("  {k}: {v}\n"))
+            .collect();
+        fs::write(&config, format!("server:\n{server}{body}")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"));
         cmd.arg("-c").arg(&config).env("RUST_LOG", "info");
         let mut proc = Proc::spawn(dir, &format!("sidecar-{port}"), cmd);
@@ -734,6 +779,18 @@ impl Pod {
     /// The same for a transport. Legacy SSE servers are mounted under `/py` (their `/sse` and
     /// `/messages/` become `/py/sse` and `/py/messages/`).
     pub fn on_with(dir: &Path, ip: &str, redis: &Redis, extra: &str, transport: Transport) -> Pod {
+        Self::on_full(dir, ip, redis, &[], extra, transport)
+    }
+
+    /// The same with the sidecar's `server` settings overridden.
+    pub fn on_full(
+        dir: &Path,
+        ip: &str,
+        redis: &Redis,
+        server: &[(&str, &str)],
+        extra: &str,
+        transport: Transport,
+    ) -> Pod {
         let upstream = FastMcp::start_on(dir, ip, free_port(), transport);
         let route = match transport {
             Transport::StreamableHttp => {
@@ -741,9 +798,10 @@ impl Pod {
             }
             Transport::Sse => Sidecar::route("/py", &upstream.base(), "fastmcp"),
         };
-        let sidecar = Sidecar::start_on(
+        let sidecar = Sidecar::start_on_with(
             dir,
             ip,
+            server,
             &format!(
                 "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{extra}routes:\n{route}",
                 redis.url()
@@ -821,10 +879,29 @@ impl Cluster {
     }
 
     pub fn start_with(name: &str, extra: &str, transport: Transport) -> Cluster {
+        Self::start_full(name, &[], extra, transport)
+    }
+
+    /// With the sidecars' `server` settings overridden.
+    pub fn start_full(
+        name: &str,
+        server: &[(&str, &str)],
+        extra: &str,
+        transport: Transport,
+    ) -> Cluster {
         let dir = test_dir(name);
         let redis = Redis::start(&dir);
         let pods: Vec<Pod> = (1..=3)
-            .map(|i| Pod::on_with(&dir, &format!("127.0.0.{i}"), &redis, extra, transport))
+            .map(|i| {
+                Pod::on_full(
+                    &dir,
+                    &format!("127.0.0.{i}"),
+                    &redis,
+                    server,
+                    extra,
+                    transport,
+                )
+            })
             .collect();
         let entry = RoundRobin::start(
             &dir,

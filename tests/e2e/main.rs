@@ -5,6 +5,7 @@ mod harness;
 
 mod clients;
 mod config_check;
+mod drain;
 mod edges;
 mod legacy;
 mod pods;

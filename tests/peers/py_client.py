@@ -28,6 +28,7 @@ parser.add_argument(
     help="after this many add() calls print PAUSED and wait for --resume-file to exist",
 )
 parser.add_argument("--resume-file", default="")
+parser.add_argument("--call-interval", type=float, default=0, help="seconds between add() calls")
 parser.add_argument("--request-timeout", type=float, default=0, help="seconds; 0 = none")
 parser.add_argument("--reconnects", type=int, default=0, help="new sessions allowed after failures")
 args = parser.parse_args()
@@ -47,6 +48,8 @@ async def scenario(session: ClientSession) -> dict:
             print("PAUSED", flush=True)
             while not os.path.exists(args.resume_file):
                 await asyncio.sleep(0.05)
+        if args.call_interval and i:
+            await asyncio.sleep(args.call_interval)
         r = await session.call_tool("add", {"a": i, "b": 1})
         if r.isError:
             raise RuntimeError(f"add call {i} failed: {r.content}")
