@@ -319,6 +319,10 @@ impl SessionStore for RedisStore {
         let rows: Vec<(String, Option<String>, i64)> = self
             .run("list_pods", |mut c| async move {
                 let keys = scan_keys(&mut c, keys::POD_PATTERN).await?;
+                if keys.is_empty() {
+                    // Redis refuses an empty pipeline
+                    return Ok(Vec::new());
+                }
                 let mut pipe = redis::pipe();
                 for k in &keys {
                     pipe.get(k).pttl(k);

@@ -161,6 +161,9 @@ async fn pods_locks_and_listings() {
     let redis = Redis::start(&dir);
     let s = store(&redis);
     let ttl = Duration::from_secs(10);
+    // no pod registered (the last one drained): an empty list, not an error
+    assert!(s.list_pods().await.unwrap().is_empty());
+    assert!(s.list_sessions().await.unwrap().is_empty());
     assert!(!s
         .heartbeat_pod("10.0.0.7:8081", r#"{"v":1}"#, ttl)
         .await
@@ -178,6 +181,7 @@ async fn pods_locks_and_listings() {
     assert!(pods[0].ttl.unwrap() > Duration::from_secs(9));
     s.remove_pod("10.0.0.7:8081").await.unwrap();
     assert!(!s.pod_alive("10.0.0.7:8081").await.unwrap());
+    assert!(s.list_pods().await.unwrap().is_empty());
 
     assert!(s.try_lock("recover:abc", "me", ttl).await.unwrap());
     assert!(!s.try_lock("recover:abc", "you", ttl).await.unwrap());
