@@ -14,3 +14,7 @@ node_peers tests/peers
 
 # the end-to-end tests mostly wait on sockets: run more of them than there are cores
 cargo test --all-targets -- --test-threads "${TEST_THREADS:-8}" "$@"
+
+# the Kubernetes manifests: schemas, the kustomization, and the shipped sidecar config checked by
+# the binary just built
+bash scripts/validate-k8s.sh
