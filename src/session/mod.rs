@@ -174,30 +174,23 @@ impl Sessions {
         if self.is_draining() {
             return self.resolve_draining(sid, server).await;
         }
-        if let Some(d) = self.resolve_local(sid, server) {
-            return d;
-        }
-        let record = match self.store.load_session(sid).await {
-            Ok(Some(r)) if r.server_name == server => r,
-            Ok(_) => return Decision::Unknown,
-            Err(_) => return Decision::StoreUnavailable,
-        };
-        if record.owner == self.settings.me {
-            return self.adopt(record);
-        }
-        match self.store.pod_alive(&record.owner).await {
-            Ok(true) => Decision::Forward {
-                owner: record.owner,
-            },
-            Ok(false) => Decision::Recover(record),
-            Err(_) => Decision::StoreUnavailable,
-        }
+        self.resolve_stored(sid, server, false).await
     }
 
     /// Where a request forwarded by a peer goes: only ever here (a hop is never forwarded
     /// again). Served if this pod owns the session, recovered here if its owner is gone (a
     /// draining pod hands its sessions over this way).
     pub async fn resolve_forwarded(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+        self.resolve_stored(sid, server, true).await
+    }
+
+    /// The local table, else the store's record and its owner's registration.
+    async fn resolve_stored(
+        self: &Arc<Self>,
+        sid: &str,
+        server: &str,
+        forwarded: bool,
+    ) -> Decision {
         if let Some(d) = self.resolve_local(sid, server) {
             return d;
         }
@@ -210,8 +203,12 @@ impl Sessions {
             return self.adopt(record);
         }
         match self.store.pod_alive(&record.owner).await {
+            // a peer sent it here, yet another live pod owns it: the record moved meanwhile
+            Ok(true) if forwarded => Decision::Unknown,
+            Ok(true) => Decision::Forward {
+                owner: record.owner,
+            },
             Ok(false) => Decision::Recover(record),
-            Ok(true) => Decision::Unknown,
             Err(_) => Decision::StoreUnavailable,
         }
     }
