@@ -5,16 +5,8 @@ use crate::harness::*;
 use std::time::{Duration, Instant};
 
 async fn pod_addresses(sidecar: &Sidecar) -> Vec<String> {
-    let v: serde_json::Value = reqwest::Client::new()
-        .get(sidecar.admin("/api/admin/pods"))
-        .header("x-auth-token", ADMIN_TOKEN)
-        .send()
+    admin_api(sidecar, reqwest::Method::GET, "/api/admin/pods")
         .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    v["data"]
         .as_array()
         .unwrap()
         .iter()
@@ -138,18 +130,11 @@ async fn admin_drain_hands_sessions_and_new_sessions_to_peers() {
         200
     );
 
-    let resp = http
-        .post(pod0.admin("/api/admin/drain"))
-        .header("x-auth-token", ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["data"]["draining"], true);
-    assert_eq!(v["data"]["started"], true);
-    assert_eq!(v["data"]["sessions"], 1);
-    assert_eq!(v["data"]["peers"].as_array().unwrap().len(), 2, "{v}");
+    let v = admin_api(pod0, reqwest::Method::POST, "/api/admin/drain").await;
+    assert_eq!(v["draining"], true);
+    assert_eq!(v["started"], true);
+    assert_eq!(v["sessions"], 1);
+    assert_eq!(v["peers"].as_array().unwrap().len(), 2, "{v}");
 
     // readiness fails, the pod is deregistered, and says so in its metrics
     let ready = reqwest::get(pod0.admin("/readyz")).await.unwrap();
@@ -215,16 +200,8 @@ async fn admin_drain_hands_sessions_and_new_sessions_to_peers() {
     assert_eq!(resp.status(), 503);
 
     // draining twice is harmless
-    let v: serde_json::Value = http
-        .post(pod0.admin("/api/admin/drain"))
-        .header("x-auth-token", ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(v["data"]["started"], false);
+    let v = admin_api(pod0, reqwest::Method::POST, "/api/admin/drain").await;
+    assert_eq!(v["started"], false);
     assert!(
         pod0.log().contains("handoff="),
         "access lines name the peer taking over"

@@ -932,10 +932,14 @@ impl Cluster {
     }
 }
 
-/// The sessions the admin API lists.
-pub async fn admin_sessions(sidecar: &Sidecar) -> Vec<serde_json::Value> {
+/// An admin API call with the token; the `data` of its `{"success":true,...}` answer.
+pub async fn admin_api(
+    sidecar: &Sidecar,
+    method: reqwest::Method,
+    path: &str,
+) -> serde_json::Value {
     let v: serde_json::Value = reqwest::Client::new()
-        .get(sidecar.admin("/api/admin/sessions"))
+        .request(method, sidecar.admin(path))
         .header("x-auth-token", ADMIN_TOKEN)
         .send()
         .await
@@ -944,5 +948,14 @@ pub async fn admin_sessions(sidecar: &Sidecar) -> Vec<serde_json::Value> {
         .await
         .unwrap();
     assert_eq!(v["success"], true, "{v}");
-    v["data"].as_array().unwrap().clone()
+    v["data"].clone()
+}
+
+/// The sessions the admin API lists.
+pub async fn admin_sessions(sidecar: &Sidecar) -> Vec<serde_json::Value> {
+    admin_api(sidecar, reqwest::Method::GET, "/api/admin/sessions")
+        .await
+        .as_array()
+        .unwrap()
+        .clone()
 }
