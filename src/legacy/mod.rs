@@ -11,9 +11,8 @@
 //! session`, which makes clients reconnect.
 //!
 //! This module holds the pure parts: reading the session id from a message URL, finding and
-//! rewriting the `endpoint` event, tracking SSE event boundaries, and decoding a chunked body.
+//! rewriting the `endpoint` event, and tracking SSE event boundaries.
 
-pub mod chunked;
 pub mod sse;
 
 /// Query parameters that carry a legacy session id: Python SDK, TypeScript SDK.

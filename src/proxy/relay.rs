@@ -7,11 +7,11 @@
 
 use super::reply::{self, Refusal};
 use super::{RequestCtx, Sidecar};
-use crate::legacy::chunked::Chunked;
 use crate::legacy::session_id_from_endpoint;
 use crate::legacy::sse::{Boundary, EndpointFinder, KEEPALIVE};
 use crate::metrics::METRICS;
 use crate::peer::{HOP, HOP_FROM, HOP_SIGNATURE, HOP_TIME};
+use crate::protocol::chunked::Chunked;
 use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
 use crate::route::Route;

@@ -294,7 +294,7 @@ impl Sessions {
                 .unwrap_or_else(|p| p.into_inner())
                 .clone(),
             sessions: self.local.len(),
-            streams: self.streams.all().len(),
+            streams: self.streams.len(),
         };
         if started {
             info!(

@@ -83,6 +83,10 @@ impl StreamTable {
             .collect()
     }
 
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
     pub fn all(&self) -> Vec<SessionRecord> {
         self.lock().values().map(|e| e.record.clone()).collect()
     }

@@ -2,6 +2,7 @@
 //! probing whether the server still knows a session. A deliberately small HTTP/1.1 client:
 //! loopback only, `Connection: close`, bounded in time and size.
 
+use crate::protocol::chunked::Chunked;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -109,22 +110,11 @@ fn parse(raw: &[u8]) -> std::io::Result<Answer> {
     })
 }
 
-/// Decodes chunked transfer coding as far as it is complete.
-fn dechunk(mut data: &[u8]) -> Vec<u8> {
+/// Decodes chunked transfer coding as far as it is complete and valid.
+fn dechunk(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
-    while let Some(line_end) = data.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&data[..line_end])
-            .ok()
-            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok());
-        let Some(size) = size else { break };
-        let start = line_end + 2;
-        if size == 0 || data.len() < start + size {
-            out.extend_from_slice(&data[start..data.len().min(start + size)]);
-            break;
-        }
-        out.extend_from_slice(&data[start..start + size]);
-        data = data.get(start + size + 2..).unwrap_or_default();
-    }
+    // on malformed framing, what was decoded before it is kept
+    let _ = Chunked::default().decode(data, &mut out);
     out
 }
 

@@ -1,5 +1,6 @@
-//! An incremental decoder for HTTP/1.1 chunked bodies, for the stream relay: bytes go in as
-//! they arrive, body bytes come out as soon as they are known.
+//! An incremental decoder for HTTP/1.1 chunked bodies: bytes go in as they arrive, body bytes
+//! come out as soon as they are known. Used by the legacy stream relay and by the sidecar's own
+//! calls to its MCP server.
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
