@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod hub;
 pub mod legacy;
 pub mod metrics;
 pub mod peer;

@@ -4,6 +4,8 @@ use clap::Parser;
 use log::{error, info, warn};
 use mcp_sidecar::admin::AdminApp;
 use mcp_sidecar::config::Config;
+use mcp_sidecar::hub::cli::KeysCommand;
+use mcp_sidecar::hub::Hub;
 use mcp_sidecar::metrics::METRICS;
 use mcp_sidecar::proxy::Sidecar;
 use mcp_sidecar::session::heartbeat::Heartbeat;
@@ -26,6 +28,15 @@ use std::sync::Arc;
 struct Cli {
     #[command(flatten)]
     pingora: Opt,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Manage MCPHub keys in the registry (`redis.url` of the configuration file).
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 /// glibc malloc showed up at ~9% of CPU under load; mimalloc keeps per-thread heaps.
@@ -50,6 +61,15 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Some(Command::Keys(cmd)) = cli.command {
+        return match mcp_sidecar::hub::cli::run(&config, cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("mcp-sidecar keys: {e}");
+                ExitCode::from(1)
+            }
+        };
+    }
     if cli.pingora.test {
         println!(
             "mcp-sidecar: configuration file {} is valid",
@@ -95,7 +115,14 @@ fn main() -> ExitCode {
             me: config.advertise_address(),
         },
     );
-    let proxy = match Sidecar::new(&config, sessions.clone()) {
+    let hub = match Hub::new(&config, sessions.store().clone()) {
+        Ok(h) => Arc::new(h),
+        Err(e) => {
+            eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    let proxy = match Sidecar::new(&config, sessions.clone(), hub.clone()) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
@@ -117,7 +144,7 @@ fn main() -> ExitCode {
     );
     admin.add_tcp(&config.server.admin_listen);
     admin.threads = Some(1);
-    let heartbeat = background_service("heartbeat", Heartbeat::new(sessions));
+    let heartbeat = background_service("heartbeat", Heartbeat::new(sessions, hub));
 
     info!(
         "mcp-sidecar listening on {} (peers {}, admin {}), advertised as {}, {} routes, {} threads",

@@ -35,6 +35,14 @@ pub struct Metrics {
     pub sse_posts: IntCounterVec,
     /// Legacy SSE failures by reason (unknown_session, owner_gone, owner_unreachable, ...).
     pub sse_failures: IntCounterVec,
+    /// Hub key checks by result: ok, anonymous, missing, malformed, unknown, inactive,
+    /// expired, unavailable, missing_token.
+    pub auth: IntCounterVec,
+    /// Key registry lookups: hit (cache), miss (asked the store), stale (store down, cached
+    /// answer used).
+    pub auth_cache: IntCounterVec,
+    /// Requests refused by hub policy, by route and reason: tool_denied, session_user.
+    pub hub_refusals: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -111,6 +119,24 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "mcp_sidecar_sse_failures_total",
         "Legacy SSE failures, by reason",
         &["reason"]
+    )
+    .expect("metric registers once"),
+    auth: register_int_counter_vec!(
+        "mcp_sidecar_auth_total",
+        "Hub key checks on auth routes, by result",
+        &["result"]
+    )
+    .expect("metric registers once"),
+    auth_cache: register_int_counter_vec!(
+        "mcp_sidecar_auth_cache_total",
+        "Key registry lookups: hit (local cache), miss (store asked), stale (store down, cached answer used)",
+        &["result"]
+    )
+    .expect("metric registers once"),
+    hub_refusals: register_int_counter_vec!(
+        "mcp_sidecar_hub_refusals_total",
+        "Requests refused by hub policy, by route and reason (tool_denied, session_user)",
+        &["route", "reason"]
     )
     .expect("metric registers once"),
 }

@@ -11,6 +11,9 @@ pub const HOP_TIME: &str = "x-mcp-sidecar-hop-time";
 pub const HOP_SIGNATURE: &str = "x-mcp-sidecar-hop-signature";
 /// The pod the hop came from (for logs).
 pub const HOP_FROM: &str = "x-mcp-sidecar-hop-from";
+/// The hub caller the forwarding pod verified: its key's SHA-256 (signed with the rest, so
+/// the owner pod trusts it without looking at client headers).
+pub const HOP_USER: &str = "x-mcp-sidecar-hop-user";
 
 /// How far apart the signer's and verifier's clocks (plus transit) may be.
 const MAX_SKEW_SECS: u64 = 30;
@@ -47,19 +50,22 @@ pub struct HopClaims<'a> {
     pub path_and_query: &'a str,
     pub session_id: &'a str,
     pub from: &'a str,
+    /// Key digest of the verified hub caller; empty when anonymous.
+    pub user: &'a str,
 }
 
 impl HopClaims<'_> {
     fn mac(&self, secret: &[u8]) -> Hmac<Sha256> {
         let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
         for part in [
-            "mcp-sidecar-hop-v1",
+            "mcp-sidecar-hop-v2",
             &self.hop.to_string(),
             &self.time.to_string(),
             self.method,
             self.path_and_query,
             self.session_id,
             self.from,
+            self.user,
         ] {
             mac.update(part.as_bytes());
             mac.update(b"\n");
@@ -127,6 +133,7 @@ mod tests {
             path_and_query: "/mcp",
             session_id: "abc",
             from: "10.0.0.1:8081",
+            user: "",
         }
     }
 
@@ -142,6 +149,12 @@ mod tests {
         other.session_id = "abd";
         assert_eq!(
             other.verify(b"secret", &sig, 1010),
+            Err(HopError::BadSignature)
+        );
+        let mut impostor = claims(1, 1000);
+        impostor.user = "digest-of-another-users-key";
+        assert_eq!(
+            impostor.verify(b"secret", &sig, 1010),
             Err(HopError::BadSignature)
         );
         assert_eq!(

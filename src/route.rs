@@ -1,6 +1,7 @@
 //! Path-prefix routing: which local MCP server a request goes to, and the path it gets there.
 
 use crate::config::{normalize_prefix, Config, UpstreamUrl};
+use crate::hub::policy::RoutePolicy;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -15,6 +16,8 @@ pub struct Route {
     pub upstream_authority: String,
     /// Replaces `prefix` in the upstream path.
     pub upstream_path: String,
+    /// Hub auth, token injection and tool filtering for this route.
+    pub policy: RoutePolicy,
 }
 
 impl Route {
@@ -69,6 +72,7 @@ impl RouteTable {
                 upstream_addr: up.addr,
                 upstream_authority: up.authority,
                 upstream_path: up.path,
+                policy: r.policy()?,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

@@ -3,14 +3,17 @@
 
 mod expand;
 
+use crate::hub::key::KeySource;
+use crate::hub::policy::{valid_token_name, AuthMode, RoutePolicy, Template, ToolAccess};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use expand::{expand_str, ExpandError};
+pub use expand::{expand_str, expand_tree, ExpandError};
 
 /// A configuration problem: which file, which field, what is wrong.
 #[derive(Debug)]
@@ -67,8 +70,50 @@ pub struct Config {
     /// left to the upstream.
     #[serde(default)]
     pub cors: Option<CorsSection>,
+    /// Hub keys: where requests carry them and where users are looked up. Routes opt in with
+    /// `auth: required|optional`.
+    #[serde(default)]
+    pub auth: AuthSection,
     /// Path prefix → local MCP server. Longest prefix wins.
     pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Where a request's MCPHub key is looked for, in order: `query` (`?key=`), `bearer`
+    /// (`Authorization: Bearer`), `header` (`key_header`).
+    pub key_sources: Vec<KeySource>,
+    /// The header of the `header` source.
+    pub key_header: String,
+    /// How long a key lookup is trusted. A revoked or changed key takes effect within this.
+    #[serde(with = "human_duration")]
+    pub cache_ttl: Duration,
+    /// While the store does not answer, a lookup older than `cache_ttl` is still used for this
+    /// much longer (instead of refusing every user during a Redis outage).
+    #[serde(with = "human_duration")]
+    pub stale_if_error: Duration,
+    /// Static key file (YAML, `${VAR}` expanded), checked before the store; re-read when it
+    /// changes.
+    pub keys_file: Option<PathBuf>,
+    /// 64 hex characters: service tokens in the registry are AES-256-GCM encrypted with it.
+    pub token_encryption_key: Option<String>,
+    /// Named in `WWW-Authenticate`.
+    pub realm: String,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            key_sources: vec![KeySource::Query, KeySource::Bearer, KeySource::Header],
+            key_header: "X-MCPHub-Key".into(),
+            cache_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::from_secs(60),
+            keys_file: None,
+            token_encryption_key: None,
+            realm: "mcp-sidecar".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +331,35 @@ pub struct RouteSection {
     pub upstream: String,
     /// Name used in metrics, logs and Redis keys.
     pub server_name: String,
+    /// `none` (default), `optional` or `required`: whether requests need an MCPHub key.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Service tokens a user must hold to use this route (403 otherwise).
+    #[serde(default)]
+    pub required_tokens: Vec<String>,
+    /// Upstream header → template, e.g. `X-MCPHub-GitHub-Token: "{token.GITHUB_TOKEN}"`.
+    #[serde(default)]
+    pub inject_headers: BTreeMap<String, String>,
+    /// Group → tool name globs the group may see and call. `*` as a group applies to every
+    /// caller. Absent: no filtering.
+    #[serde(default)]
+    pub tool_groups: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl RouteSection {
+    /// The route's hub policy (templates parsed; the configuration was validated).
+    pub fn policy(&self) -> Result<RoutePolicy, String> {
+        let mut templates = Vec::with_capacity(self.inject_headers.len());
+        for (header, value) in &self.inject_headers {
+            templates.push(Template::parse(header, value)?);
+        }
+        Ok(RoutePolicy {
+            mode: self.auth,
+            required_tokens: self.required_tokens.clone(),
+            templates,
+            tools: self.tool_groups.clone().map(ToolAccess::new),
+        })
+    }
 }
 
 impl Config {
@@ -399,6 +473,28 @@ impl Config {
         if self.routes.is_empty() {
             return Err(("routes".into(), "at least one route is required".into()));
         }
+        if let Some(k) = self.token_encryption_key() {
+            crate::hub::crypto::TokenCipher::from_hex(k)
+                .map_err(|m| ("auth.token_encryption_key".to_string(), m.to_string()))?;
+        }
+        if self.auth.key_sources.is_empty() {
+            return Err((
+                "auth.key_sources".into(),
+                "must name at least one of query, bearer, header".into(),
+            ));
+        }
+        http::HeaderName::from_bytes(self.auth.key_header.as_bytes()).map_err(|_| {
+            (
+                "auth.key_header".to_string(),
+                "is not a valid header name".to_string(),
+            )
+        })?;
+        if self.auth.cache_ttl.is_zero() {
+            return Err((
+                "auth.cache_ttl".into(),
+                "must be > 0 (every request would ask the store)".into(),
+            ));
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let field = |name: &str| format!("routes[{i}].{name}");
@@ -435,6 +531,36 @@ impl Config {
                     ),
                 ));
             }
+            if r.auth != AuthMode::None
+                && self.redis_url().is_none()
+                && self.auth.keys_file.is_none()
+            {
+                return Err((
+                    field("auth"),
+                    "needs a key registry: set redis.url or auth.keys_file".into(),
+                ));
+            }
+            for t in &r.required_tokens {
+                if !valid_token_name(t) {
+                    return Err((
+                        field("required_tokens"),
+                        format!("{t:?} must use only letters, digits and '_'"),
+                    ));
+                }
+            }
+            if !r.required_tokens.is_empty() && r.auth == AuthMode::None {
+                return Err((
+                    field("required_tokens"),
+                    "needs auth: required or optional".into(),
+                ));
+            }
+            let policy = r.policy().map_err(|m| (field("inject_headers"), m))?;
+            if r.auth == AuthMode::None && policy.templates.iter().any(|t| t.needs_user()) {
+                return Err((
+                    field("inject_headers"),
+                    "templates naming user or token need auth: required or optional".into(),
+                ));
+            }
         }
         Ok(())
     }
@@ -451,6 +577,15 @@ impl Config {
     /// The peer secret, if set and non-empty.
     pub fn peer_secret(&self) -> Option<&str> {
         self.peer.secret.as_deref().filter(|s| !s.is_empty())
+    }
+
+    /// The token encryption key, if set and non-empty.
+    pub fn token_encryption_key(&self) -> Option<&str> {
+        self.auth
+            .token_encryption_key
+            .as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
     }
 
     /// The admin token, if set and non-empty.

@@ -14,10 +14,14 @@
 mod body;
 mod cors;
 mod hop;
+mod offerings;
 mod relay;
 mod reply;
 
 use crate::config::Config;
+use crate::hub::filter::{called_tools, lists_tools, ToolsFilter};
+use crate::hub::policy::TemplateVars;
+use crate::hub::{Caller, Hub};
 use crate::legacy;
 use crate::metrics::METRICS;
 use crate::protocol::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_REQUEST_ID};
@@ -47,6 +51,7 @@ const PRE_READ_LIMIT: usize = 64 * 1024;
 pub struct Sidecar {
     routes: RouteTable,
     sessions: Arc<Sessions>,
+    hub: Arc<Hub>,
     /// Requests arriving on this port come from peer sidecars.
     peer_port: u16,
     peer_secret: Option<Vec<u8>>,
@@ -59,7 +64,7 @@ pub struct Sidecar {
 }
 
 impl Sidecar {
-    pub fn new(config: &Config, sessions: Arc<Sessions>) -> Result<Sidecar, String> {
+    pub fn new(config: &Config, sessions: Arc<Sessions>, hub: Arc<Hub>) -> Result<Sidecar, String> {
         let peer_port = config
             .server
             .peer_listen
@@ -69,6 +74,7 @@ impl Sidecar {
         Ok(Sidecar {
             routes: RouteTable::from_config(config)?,
             sessions,
+            hub,
             peer_port,
             peer_secret: config.peer_secret().map(|s| s.as_bytes().to_vec()),
             cors: config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
@@ -135,6 +141,16 @@ pub struct RequestCtx {
     legacy_gone: Option<&'static str>,
     /// This pod drains: a request without a session goes to this live peer instead.
     handoff: Option<String>,
+    /// The hub user this request acts for: a verified key, or the caller a peer's signed hop
+    /// names. `None`: anonymous (a route without auth, or `auth: optional` without a key).
+    caller: Option<Caller>,
+    /// Tools a `tools/call` body calls, on routes that filter tools.
+    called_tools: Vec<String>,
+    /// The body lists tools on a route that filters them: the answer is filtered.
+    lists_tools: bool,
+    tools_filter: Option<ToolsFilter>,
+    /// A refusal found once a body held back for the upstream was complete (a denied tool).
+    denied: Option<Refusal>,
 }
 
 impl RequestCtx {
@@ -148,9 +164,45 @@ impl RequestCtx {
         self.route.as_ref().map_or("-", |r| r.server_name.as_str())
     }
 
+    fn user_id(&self) -> Option<&str> {
+        self.caller.as_ref().map(|c| c.user.id.as_str())
+    }
+
+    /// A `tools/call` of a tool the caller's groups do not allow: refused here, so the upstream
+    /// never sees it.
+    fn tool_refusal(&self) -> Option<Refusal> {
+        let route = self.route.as_ref()?;
+        let access = route.policy.tools.as_ref()?;
+        let user = self.caller.as_ref().map(|c| &*c.user);
+        let denied = self.called_tools.iter().find(|t| !access.allows(user, t))?;
+        METRICS
+            .hub_refusals
+            .with_label_values(&[route.server_name.as_str(), "tool_denied"])
+            .inc();
+        info!(
+            "request_id={} route={} user={} tools/call {denied:?} denied by tool_groups",
+            self.request_id,
+            route.server_name,
+            self.user_id().unwrap_or("-")
+        );
+        Some(Refusal::new(
+            403,
+            code::SERVER_ERROR,
+            format!("tool {denied:?} is not available to you"),
+        ))
+    }
+
     /// Records what the complete body is.
     fn complete_body(&mut self, full: &[u8]) {
         self.body_complete = true;
+        if self
+            .route
+            .as_ref()
+            .is_some_and(|r| r.policy.tools.is_some())
+        {
+            self.called_tools = called_tools(full);
+            self.lists_tools = lists_tools(full);
+        }
         match envelope_of(full) {
             Some(Ok(env)) => {
                 self.rpc_label = env.label();
@@ -193,6 +245,7 @@ fn upstream_target<'a>(
     session: &'a Session,
     ctx: &RequestCtx,
 ) -> (Arc<Route>, String, Option<&'a str>) {
+    // (the hub headers these calls carry come from `Sidecar::injected`)
     let route = ctx
         .route
         .clone()
@@ -275,19 +328,21 @@ impl Sidecar {
             return self.route_legacy_post(req, ctx).await;
         };
         let route = ctx.route.clone().expect("admitted requests have a route");
+        let user = ctx.user_id();
         let decision = if ctx.from_peer {
             self.sessions
-                .resolve_forwarded(sid, &route.server_name)
+                .resolve_forwarded(sid, &route.server_name, user)
                 .await
         } else {
-            self.sessions.resolve(sid, &route.server_name).await
+            self.sessions.resolve(sid, &route.server_name, user).await
         };
         let (decision, via) = match decision {
             Decision::Recover(record) => {
                 let path = route.upstream_path_and_query(req.uri.path(), None);
+                let extra = self.injected(session, ctx, Some(sid));
                 let d = self
                     .sessions
-                    .recover(record, &route, &path, "owner pod gone")
+                    .recover(record, &route, &path, "owner pod gone", &extra)
                     .await
                     .map_err(recovery_failed)?;
                 (d, "recovered")
@@ -352,7 +407,7 @@ impl Sidecar {
         ctx.legacy_sid = Some(sid.to_string());
         let target = match self
             .sessions
-            .resolve_stream(sid, &route.server_name, ctx.from_peer)
+            .resolve_stream(sid, &route.server_name, ctx.user_id(), ctx.from_peer)
             .await
         {
             StreamDecision::Local => Target::Upstream,
@@ -395,10 +450,11 @@ impl Sidecar {
         ctx: &mut RequestCtx,
     ) -> Result<(), String> {
         let (route, path, version) = upstream_target(session, ctx);
+        let extra = self.injected(session, ctx, None);
         let s = ctx.session.as_mut().expect("routed");
         if self
             .sessions
-            .upstream_forgot(&route, &path, &s.upstream_sid, version)
+            .upstream_forgot(&route, &path, &s.upstream_sid, version, &extra)
             .await
         {
             ctx.recover = Some("MCP server forgot the session");
@@ -413,6 +469,7 @@ impl Sidecar {
             return Ok(());
         };
         let (route, path, _) = upstream_target(session, ctx);
+        let extra = self.injected(session, ctx, None);
         let s = ctx.session.as_mut().expect("only session requests recover");
         let record = match self.sessions.local_record(&s.client_sid) {
             Some(r) => r,
@@ -424,7 +481,11 @@ impl Sidecar {
                 .map_err(|e| e.to_string())?
                 .ok_or("the session record is gone")?,
         };
-        match self.sessions.recover(record, &route, &path, reason).await {
+        match self
+            .sessions
+            .recover(record, &route, &path, reason, &extra)
+            .await
+        {
             Ok(Decision::Local { upstream_sid }) => {
                 s.upstream_sid = upstream_sid;
                 s.target = Target::Upstream;
@@ -447,6 +508,103 @@ impl Sidecar {
             || session.req_header().method == http::Method::DELETE
     }
 
+    /// Who the request acts for (see `crate::hub`). On the peer listener the caller is the one
+    /// the signed hop names; client headers are not read there.
+    async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+        let route = ctx.route.clone().expect("admitted requests have a route");
+        let req = session.req_header();
+        let result = if ctx.from_peer {
+            self.hub.from_peer(&route.policy, hop::user(req)).await
+        } else {
+            self.hub
+                .authenticate(&route.policy, &req.headers, req.uri.query())
+                .await
+        };
+        match result {
+            Ok(caller) => {
+                ctx.caller = caller;
+                Ok(())
+            }
+            Err(e) => {
+                info!(
+                    "request_id={} route={} hub key refused: {}",
+                    ctx.request_id,
+                    route.server_name,
+                    e.label()
+                );
+                Err(Refusal::new(e.status(), code::SERVER_ERROR, e.message())
+                    .with_challenge(e.challenge(&self.hub.realm)))
+            }
+        }
+    }
+
+    /// The headers the route's templates render for this request. `session_id` overrides the
+    /// client-facing session id (a request that is just being routed).
+    fn injected(
+        &self,
+        session: &Session,
+        ctx: &RequestCtx,
+        session_id: Option<&str>,
+    ) -> Vec<(http::HeaderName, String)> {
+        let Some(route) = ctx.route.as_ref() else {
+            return Vec::new();
+        };
+        if route.policy.templates.is_empty() {
+            return Vec::new();
+        }
+        let req = session.req_header();
+        let vars = TemplateVars {
+            user: ctx.caller.as_ref().map(|c| &*c.user),
+            session_id: session_id
+                .or(ctx.session.as_ref().map(|s| s.client_sid.as_str()))
+                .or(ctx.legacy_sid.as_deref()),
+            request_id: &ctx.request_id,
+            protocol_version: req
+                .headers
+                .get(MCP_PROTOCOL_VERSION)
+                .and_then(|v| v.to_str().ok())
+                .or(ctx.init.as_ref().and_then(|(_, v)| v.as_deref())),
+        };
+        route
+            .policy
+            .templates
+            .iter()
+            .filter_map(|t| t.render(&vars).map(|v| (t.header.clone(), v)))
+            .collect()
+    }
+
+    /// Removes what must not reach the next hop: client headers in the hub's namespace, the
+    /// key, and hub keys in the query.
+    fn strip_hub(
+        &self,
+        route: &Route,
+        req: &RequestHeader,
+        upstream_request: &mut RequestHeader,
+    ) -> Result<()> {
+        let doomed: Vec<http::HeaderName> = upstream_request
+            .headers
+            .iter()
+            .filter(|(n, v)| self.hub.strips(&route.policy, n, v.as_bytes()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in doomed {
+            upstream_request.remove_header(&name);
+        }
+        if let Some(query) = self.hub.upstream_query(&route.policy, req.uri.query()) {
+            let path = upstream_request.uri.path().to_string();
+            let target = match query {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            let uri = target.parse::<http::Uri>().or_err(
+                ErrorType::InvalidHTTPHeader,
+                "removing the hub key from the query",
+            )?;
+            upstream_request.set_uri(uri);
+        }
+        Ok(())
+    }
+
     /// The session record an initialize response creates.
     fn new_record(&self, ctx: &RequestCtx, upstream_sid: &str) -> Option<SessionRecord> {
         let (params, version) = ctx.init.clone()?;
@@ -457,7 +615,7 @@ impl Sidecar {
             owner: self.sessions.settings.me.clone(),
             server_name: ctx.route.as_ref()?.server_name.clone(),
             transport: Transport::StreamableHttp,
-            user: None,
+            user: ctx.user_id().map(str::to_string),
             protocol_version: version,
             init_params: Some(params),
             created_at: now,
@@ -490,6 +648,11 @@ impl ProxyHttp for Sidecar {
             legacy_sid: None,
             legacy_gone: None,
             handoff: None,
+            caller: None,
+            called_tools: Vec::new(),
+            lists_tools: false,
+            tools_filter: None,
+            denied: None,
         }
     }
 
@@ -532,12 +695,19 @@ impl ProxyHttp for Sidecar {
             .server_addr()
             .and_then(|a| a.as_inet())
             .is_some_and(|a| a.port() == self.peer_port);
-        let routed = match hop::check(
+        let checked = match hop::check(
             session.req_header(),
             ctx.from_peer,
             self.peer_secret.as_deref(),
         ) {
-            Ok(()) => self.route_session(session, ctx).await,
+            Ok(()) => self.authenticate(session, ctx).await,
+            Err(refusal) => Err(refusal),
+        };
+        let routed = match checked {
+            Ok(()) => match ctx.tool_refusal() {
+                Some(refusal) => Err(refusal),
+                None => self.route_session(session, ctx).await,
+            },
             Err(refusal) => Err(refusal),
         };
         if let Err(refusal) = routed {
@@ -563,6 +733,16 @@ impl ProxyHttp for Sidecar {
         if ctx.session.is_none() && !ctx.from_peer {
             // draining: new sessions (and session-less requests) open on a pod that stays
             ctx.handoff = self.sessions.handoff_peer(&ctx.request_id);
+        }
+        if ctx.envelope.as_ref().and_then(|e| e.method()) == Some("offerings/list")
+            && ctx.handoff.is_none()
+            && ctx
+                .session
+                .as_ref()
+                .is_none_or(|s| s.target == Target::Upstream && !s.legacy)
+        {
+            self.answer_offerings(session, ctx).await?;
+            return Ok(true);
         }
         Ok(false)
     }
@@ -690,6 +870,11 @@ impl ProxyHttp for Sidecar {
             BodyProgress::TooLarge => return body_over_limit(),
             BodyProgress::Complete(full) => {
                 ctx.complete_body(&full);
+                if let Some(refusal) = ctx.tool_refusal() {
+                    // the upstream has the headers but not a byte of this body
+                    ctx.denied = Some(refusal);
+                    return Error::e_explain(ErrorType::HTTPStatus(403), "tool denied");
+                }
                 *body = Some(full);
             }
         }
@@ -707,32 +892,38 @@ impl ProxyHttp for Sidecar {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
         hop::strip(upstream_request);
+        self.strip_hub(route, session.req_header(), upstream_request)?;
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+        let caller = ctx.caller.as_ref().map_or("", |c| c.digest.as_str());
         if ctx.handoff.is_some() {
             let secret = self.peer_secret.as_deref().ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "handing over without peer.secret")
             })?;
-            return hop::sign(upstream_request, secret, &self.sessions.settings.me);
+            return hop::sign(upstream_request, secret, &self.sessions.settings.me, caller);
         }
         if let Some(s) = &ctx.session {
             if let Target::Owner(_) = s.target {
-                // the owner's sidecar routes the client's own path; it serves as if local
+                // the owner's sidecar routes the client's own path and injects the caller's
+                // headers itself; the caller travels in the signed hop
                 let secret = self.peer_secret.as_deref().ok_or_else(|| {
                     Error::explain(ErrorType::InternalError, "forwarding without peer.secret")
                 })?;
-                return hop::sign(upstream_request, secret, &self.sessions.settings.me);
+                return hop::sign(upstream_request, secret, &self.sessions.settings.me, caller);
             }
             if s.upstream_sid != s.client_sid {
                 upstream_request.insert_header(MCP_SESSION_ID, s.upstream_sid.as_str())?;
             }
         }
         if route.prefix != route.upstream_path {
-            let uri = &session.req_header().uri;
+            let uri = &upstream_request.uri;
             let target = route.upstream_path_and_query(uri.path(), uri.query());
             let uri = target
                 .parse::<http::Uri>()
                 .or_err(ErrorType::InvalidHTTPHeader, "rewriting the upstream path")?;
             upstream_request.set_uri(uri);
+        }
+        for (name, value) in self.injected(session, ctx, None) {
+            upstream_request.insert_header(name, value)?;
         }
         upstream_request.insert_header("host", route.upstream_authority.as_str())?;
         if ctx.cors.is_some() {
@@ -755,10 +946,11 @@ impl ProxyHttp for Sidecar {
         });
         if suspect && self.can_resend(session, ctx) {
             let (route, path, version) = upstream_target(session, ctx);
+            let extra = self.injected(session, ctx, None);
             let s = ctx.session.as_mut().expect("suspect implies a session");
             if self
                 .sessions
-                .upstream_forgot(&route, &path, &s.upstream_sid, version)
+                .upstream_forgot(&route, &path, &s.upstream_sid, version, &extra)
                 .await
             {
                 s.retried = true;
@@ -785,6 +977,23 @@ impl ProxyHttp for Sidecar {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         ctx.apply_cors(upstream_response);
         let ok = upstream_response.status.is_success();
+        let served_here = ctx
+            .session
+            .as_ref()
+            .is_none_or(|s| s.target == Target::Upstream)
+            && ctx.handoff.is_none();
+        if ctx.lists_tools && served_here {
+            // the owner pod (or the peer taking over) filters what it serves
+            let ct = upstream_response
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ctx.tools_filter = ToolsFilter::for_content_type(ct);
+            if ctx.tools_filter.is_some() {
+                upstream_response.remove_header("content-length");
+            }
+        }
         if self.sessions.is_draining() {
             // the client's next request opens a new connection, which reaches a pod that stays
             session.set_keepalive(None);
@@ -843,6 +1052,39 @@ impl ProxyHttp for Sidecar {
         Ok(())
     }
 
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(filter) = ctx.tools_filter.as_mut() else {
+            return Ok(None);
+        };
+        let (Some(route), user) = (ctx.route.as_ref(), ctx.caller.as_ref().map(|c| &*c.user))
+        else {
+            return Ok(None);
+        };
+        let Some(access) = route.policy.tools.as_ref() else {
+            return Ok(None);
+        };
+        let out = filter.feed(
+            body.as_deref(),
+            end_of_stream,
+            &|name| access.allows(user, name),
+            &|| {
+                crate::protocol::jsonrpc::error_body(
+                    ctx.envelope.as_ref().and_then(|e| e.request_id()),
+                    code::INTERNAL_ERROR,
+                    "tools/list answer too large to filter",
+                )
+            },
+        );
+        *body = Some(out);
+        Ok(None)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -850,6 +1092,9 @@ impl ProxyHttp for Sidecar {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (mut refusal, kind) = reply::for_proxy_error(e, ctx.route_label());
+        if let Some(denied) = ctx.denied.take() {
+            refusal = Some(denied);
+        }
         if let Some(reason) = ctx.legacy_gone {
             METRICS.sse_failures.with_label_values(&[reason]).inc();
             refusal = refusal.map(|_| stream_gone());
@@ -933,7 +1178,7 @@ impl ProxyHttp for Sidecar {
         // the path only: a query string may carry a hub key
         info!(
             target: "access",
-            "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}{}",
+            "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}{}{}",
             ctx.request_id,
             client,
             req.method,
@@ -944,6 +1189,7 @@ impl ProxyHttp for Sidecar {
             elapsed.as_secs_f64() * 1000.0,
             ctx.started.elapsed().as_secs_f64() * 1000.0,
             session_id,
+            ctx.user_id().map(|u| format!(" user={u}")).unwrap_or_default(),
             ctx.session.as_ref().map(|s| format!(" via={}", s.via)).unwrap_or_default(),
             if ctx.from_peer { " from_peer=true" } else { "" },
             ctx.upstream_error.map(|k| format!(" upstream_error={k}")).unwrap_or_default(),

@@ -7,10 +7,11 @@
 
 use super::reply::{self, Refusal};
 use super::{RequestCtx, Sidecar};
+use crate::hub::Hub;
 use crate::legacy::session_id_from_endpoint;
 use crate::legacy::sse::{Boundary, EndpointFinder, KEEPALIVE};
 use crate::metrics::METRICS;
-use crate::peer::{HOP, HOP_FROM, HOP_SIGNATURE, HOP_TIME};
+use crate::peer::{HOP, HOP_FROM, HOP_SIGNATURE, HOP_TIME, HOP_USER};
 use crate::protocol::chunked::Chunked;
 use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
@@ -47,6 +48,7 @@ const NOT_FORWARDED: &[&str] = &[
     HOP_TIME,
     HOP_SIGNATURE,
     HOP_FROM,
+    HOP_USER,
 ];
 
 /// Response headers not sent on (hop-by-hop; the body is re-framed downstream).
@@ -93,8 +95,18 @@ impl Drop for Registration {
     }
 }
 
-fn upstream_head(req: &RequestHeader, route: &Route, ctx: &RequestCtx) -> Vec<u8> {
-    let path = route.upstream_path_and_query(req.uri.path(), req.uri.query());
+fn upstream_head(
+    req: &RequestHeader,
+    route: &Route,
+    ctx: &RequestCtx,
+    hub: &Hub,
+    injected: &[(http::HeaderName, String)],
+) -> Vec<u8> {
+    let query = match hub.upstream_query(&route.policy, req.uri.query()) {
+        Some(stripped) => stripped,
+        None => req.uri.query().map(str::to_string),
+    };
+    let path = route.upstream_path_and_query(req.uri.path(), query.as_deref());
     let mut head = Vec::with_capacity(512);
     head.extend_from_slice(
         format!(
@@ -103,14 +115,23 @@ fn upstream_head(req: &RequestHeader, route: &Route, ctx: &RequestCtx) -> Vec<u8
         )
         .as_bytes(),
     );
-    for (name, value) in req.headers.iter() {
-        let name = name.as_str();
+    for (header, value) in req.headers.iter() {
+        let name = header.as_str();
         // an Origin the sidecar validated would be judged again against the upstream's
         // localhost allow-list
-        if NOT_FORWARDED.contains(&name) || (name == "origin" && ctx.cors.is_some()) {
+        if NOT_FORWARDED.contains(&name)
+            || (name == "origin" && ctx.cors.is_some())
+            || hub.strips(&route.policy, header, value.as_bytes())
+        {
             continue;
         }
         head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in injected {
+        head.extend_from_slice(name.as_str().as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
@@ -192,7 +213,17 @@ impl Sidecar {
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
         ctx.rpc_label = "sse_stream";
-        let head = upstream_head(session.req_header(), &route, ctx);
+        // the stream's session id is not known yet: templates naming it are left out
+        let injected = self.injected(session, ctx, None);
+        let head = upstream_head(session.req_header(), &route, ctx, &self.hub, &injected);
+        let query_key = self
+            .hub
+            .query_key(
+                &route.policy,
+                &session.req_header().headers,
+                session.req_header().uri.query(),
+            )
+            .map(str::to_string);
         let opened = async {
             let mut up = tokio::time::timeout(
                 self.connect_timeout,
@@ -278,17 +309,26 @@ impl Sidecar {
             if !endpoint.starts_with('/') {
                 return None;
             }
-            match route.client_path(endpoint) {
-                Some(p) if p != endpoint => Some(p),
-                Some(_) => None,
+            let path = match route.client_path(endpoint) {
+                Some(p) => p,
                 None => {
                     warn!(
                         "route {}: the endpoint {} is outside the route's upstream path; passed on unchanged",
                         route.prefix, endpoint.split('?').next().unwrap_or("")
                     );
-                    None
+                    return None;
                 }
-            }
+            };
+            // a client that authenticates with ?key= posts to the endpoint it is given: the
+            // key goes back to that same client so its posts carry it too
+            let path = match &query_key {
+                Some(k) => format!(
+                    "{path}{}key={k}",
+                    if path.contains('?') { '&' } else { '?' }
+                ),
+                None => path,
+            };
+            (path != endpoint).then_some(path)
         };
         loop {
             // decode what arrived, then send it
@@ -327,7 +367,7 @@ impl Sidecar {
                                     owner: self.sessions.settings.me.clone(),
                                     server_name: route.server_name.clone(),
                                     transport: Transport::Sse,
-                                    user: None,
+                                    user: ctx.caller.as_ref().map(|c| c.user.id.clone()),
                                     protocol_version: Some("2024-11-05".into()),
                                     init_params: None,
                                     created_at: now,

@@ -15,6 +15,8 @@ pub struct Refusal {
     pub status: u16,
     pub code: i64,
     pub message: String,
+    /// `WWW-Authenticate` of a 401.
+    pub challenge: Option<String>,
 }
 
 impl Refusal {
@@ -23,7 +25,13 @@ impl Refusal {
             status,
             code,
             message: message.into(),
+            challenge: None,
         }
+    }
+
+    pub fn with_challenge(mut self, challenge: Option<String>) -> Refusal {
+        self.challenge = challenge;
+        self
     }
 }
 
@@ -38,6 +46,9 @@ pub async fn send(session: &mut Session, ctx: &RequestCtx, refusal: &Refusal) ->
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;
     resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+    if let Some(c) = &refusal.challenge {
+        resp.insert_header("www-authenticate", c.as_str())?;
+    }
     ctx.apply_cors(&mut resp);
     session.write_response_header(Box::new(resp), false).await?;
     session

@@ -1,8 +1,9 @@
 //! This pod's registration in the store: renewed every heartbeat interval, removed at shutdown
 //! (the drain) so peers recover this pod's sessions at once instead of waiting for the
-//! registration to expire.
+//! registration to expire. It also re-reads the static hub key file when it changed.
 
 use super::Sessions;
+use crate::hub::Hub;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -10,11 +11,12 @@ use std::sync::Arc;
 
 pub struct Heartbeat {
     sessions: Arc<Sessions>,
+    hub: Arc<Hub>,
 }
 
 impl Heartbeat {
-    pub fn new(sessions: Arc<Sessions>) -> Heartbeat {
-        Heartbeat { sessions }
+    pub fn new(sessions: Arc<Sessions>, hub: Arc<Hub>) -> Heartbeat {
+        Heartbeat { sessions, hub }
     }
 }
 
@@ -35,7 +37,10 @@ impl BackgroundService for Heartbeat {
                     self.sessions.drain().await;
                     return;
                 }
-                _ = tick.tick() => self.sessions.heartbeat(&info).await,
+                _ = tick.tick() => {
+                    self.sessions.heartbeat(&info).await;
+                    self.hub.registry().refresh_file();
+                }
             }
         }
     }

@@ -35,13 +35,19 @@ impl LocalTable {
         METRICS.active_sessions.set(len as i64);
     }
 
-    /// Looks a session up for `server`, marking it used.
-    pub fn get(&self, sid: &str, server: &str, refresh_interval: Duration) -> Option<Hit> {
+    /// Looks a session up for `server` and hub `user`, marking it used.
+    pub fn get(
+        &self,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+        refresh_interval: Duration,
+    ) -> Option<Hit> {
         let now = Instant::now();
         let mut map = self.lock();
         let e = map
             .get_mut(sid)
-            .filter(|e| e.record.server_name == server)?;
+            .filter(|e| e.record.server_name == server && e.record.user.as_deref() == user)?;
         e.last_used = now;
         let refresh_due = now.duration_since(e.refreshed) >= refresh_interval;
         if refresh_due {

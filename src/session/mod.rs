@@ -44,6 +44,10 @@ use std::time::{Duration, Instant};
 use streams::StreamTable;
 use tokio::sync::Notify;
 
+/// A header the hub injects into the sidecar's own upstream calls (the user's tokens: a
+/// replayed initialize needs them as much as the client's did).
+pub type Injected = (http::HeaderName, String);
+
 /// How the session layer behaves; from the `session` section of the configuration.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -169,19 +173,52 @@ impl Sessions {
         self.needs_resync.store(true, Ordering::Relaxed);
     }
 
-    /// Where a client's request for `sid` on route `server` goes.
-    pub async fn resolve(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+    /// Where a client's request for `sid` on route `server` goes. `user` is the hub user
+    /// presenting it: a session answers only to the user who created it (anyone else gets
+    /// `Unknown`, exactly as for a session that does not exist).
+    pub async fn resolve(
+        self: &Arc<Self>,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+    ) -> Decision {
         if self.is_draining() {
-            return self.resolve_draining(sid, server).await;
+            return self.resolve_draining(sid, server, user).await;
         }
-        self.resolve_stored(sid, server, false).await
+        self.resolve_stored(sid, server, user, false).await
     }
 
     /// Where a request forwarded by a peer goes: only ever here (a hop is never forwarded
     /// again). Served if this pod owns the session, recovered here if its owner is gone (a
     /// draining pod hands its sessions over this way).
-    pub async fn resolve_forwarded(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
-        self.resolve_stored(sid, server, true).await
+    pub async fn resolve_forwarded(
+        self: &Arc<Self>,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+    ) -> Decision {
+        self.resolve_stored(sid, server, user, true).await
+    }
+
+    /// Whether `record` answers to `user`; a refusal is logged with user ids only.
+    fn bound_to(&self, record: &SessionRecord, user: Option<&str>) -> bool {
+        if record.user.as_deref() == user {
+            return true;
+        }
+        METRICS
+            .hub_refusals
+            .with_label_values(&[record.server_name.as_str(), "session_user"])
+            .inc();
+        info!(
+            "session {} refused: presented by {}, but it belongs to {}",
+            record.session_id,
+            user.map_or("an anonymous caller".to_string(), |u| format!("user {u}")),
+            record
+                .user
+                .as_deref()
+                .map_or("no user".to_string(), |u| format!("user {u}")),
+        );
+        false
     }
 
     /// The local table, else the store's record and its owner's registration.
@@ -189,13 +226,14 @@ impl Sessions {
         self: &Arc<Self>,
         sid: &str,
         server: &str,
+        user: Option<&str>,
         forwarded: bool,
     ) -> Decision {
-        if let Some(d) = self.resolve_local(sid, server) {
+        if let Some(d) = self.resolve_local(sid, server, user) {
             return d;
         }
         let record = match self.store.load_session(sid).await {
-            Ok(Some(r)) if r.server_name == server => r,
+            Ok(Some(r)) if r.server_name == server && self.bound_to(&r, user) => r,
             Ok(_) => return Decision::Unknown,
             Err(_) => return Decision::StoreUnavailable,
         };
@@ -215,19 +253,25 @@ impl Sessions {
 
     /// While draining: this pod's sessions go to a peer, which recovers them; the local table
     /// is used only when no peer is left.
-    async fn resolve_draining(self: &Arc<Self>, sid: &str, server: &str) -> Decision {
+    async fn resolve_draining(
+        self: &Arc<Self>,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+    ) -> Decision {
         let record = match self.local.record(sid) {
             Some(r) => Some(r),
             None => match self.store.load_session(sid).await {
                 Ok(r) => r,
                 Err(_) => {
                     return self
-                        .resolve_local(sid, server)
+                        .resolve_local(sid, server, user)
                         .unwrap_or(Decision::StoreUnavailable)
                 }
             },
         };
-        let Some(record) = record.filter(|r| r.server_name == server) else {
+        let Some(record) = record.filter(|r| r.server_name == server && self.bound_to(r, user))
+        else {
             return Decision::Unknown;
         };
         if record.owner != self.settings.me {
@@ -240,7 +284,7 @@ impl Sessions {
         match self.handoff_peer(sid) {
             Some(peer) => Decision::Forward { owner: peer },
             None if record.owner == self.settings.me => self
-                .resolve_local(sid, server)
+                .resolve_local(sid, server, user)
                 .unwrap_or_else(|| self.adopt(record)),
             None => Decision::Recover(record),
         }
@@ -305,10 +349,15 @@ impl Sessions {
         report
     }
 
-    fn resolve_local(self: &Arc<Self>, sid: &str, server: &str) -> Option<Decision> {
+    fn resolve_local(
+        self: &Arc<Self>,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+    ) -> Option<Decision> {
         let hit = self
             .local
-            .get(sid, server, self.settings.refresh_interval)?;
+            .get(sid, server, user, self.settings.refresh_interval)?;
         if hit.refresh_due {
             self.refresh_later(sid.to_string());
         }
@@ -434,15 +483,23 @@ impl Sessions {
 
     /// Where a legacy message post for `sid` on route `server` goes. A post forwarded by a
     /// peer is served only if the stream is open here.
-    pub async fn resolve_stream(&self, sid: &str, server: &str, forwarded: bool) -> StreamDecision {
-        if self.streams.contains(sid, server) {
-            return StreamDecision::Local;
+    pub async fn resolve_stream(
+        &self,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+        forwarded: bool,
+    ) -> StreamDecision {
+        match self.streams.user_of(sid, server) {
+            Some(owner) if owner.as_deref() == user => return StreamDecision::Local,
+            Some(_) => return StreamDecision::Gone("wrong_user"),
+            None => {}
         }
         if forwarded {
             return StreamDecision::Gone("not_owned");
         }
         let record = match self.store.load_session(sid).await {
-            Ok(Some(r)) if r.server_name == server => r,
+            Ok(Some(r)) if r.server_name == server && self.bound_to(&r, user) => r,
             Ok(_) => return StreamDecision::Gone("unknown_session"),
             Err(_) => return StreamDecision::StoreUnavailable,
         };
@@ -504,10 +561,18 @@ impl Sessions {
         path: &str,
         upstream_sid: &str,
         protocol_version: Option<&str>,
+        extra: &[Injected],
     ) -> bool {
         let body = format!(r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"ping"}}"#);
         match self
-            .call_upstream(route, path, Some(upstream_sid), protocol_version, &body)
+            .call_upstream(
+                route,
+                path,
+                Some(upstream_sid),
+                protocol_version,
+                extra,
+                &body,
+            )
             .await
         {
             Ok(a) => is_unknown_session(a.status, &a.body),
@@ -523,6 +588,7 @@ impl Sessions {
         path: &str,
         upstream_sid: Option<&str>,
         protocol_version: Option<&str>,
+        extra: &[Injected],
         body: &str,
     ) -> std::io::Result<upstream_call::Answer> {
         let headers: Vec<(&str, &str)> = [
@@ -531,6 +597,7 @@ impl Sessions {
         ]
         .into_iter()
         .flatten()
+        .chain(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())))
         .collect();
         upstream_call::post(
             route.upstream_addr,
@@ -551,6 +618,7 @@ impl Sessions {
         route: &Route,
         path: &str,
         reason: &str,
+        extra: &[Injected],
     ) -> Result<Decision, RecoveryError> {
         let sid = record.session_id.clone();
         let lock = format!("recover:{sid}");
@@ -563,12 +631,12 @@ impl Sessions {
                 .await
             {
                 Ok(true) => {
-                    let result = self.replay(record, route, path, reason).await;
+                    let result = self.replay(record, route, path, reason, extra).await;
                     let _ = self.store.unlock(&lock, &token).await;
                     return result;
                 }
                 // without the store there is no one to coordinate with
-                Err(_) => return self.replay(record, route, path, reason).await,
+                Err(_) => return self.replay(record, route, path, reason, extra).await,
                 Ok(false) => {}
             }
             // someone else is recovering it: wait until the record moves
@@ -596,6 +664,7 @@ impl Sessions {
         route: &Route,
         path: &str,
         reason: &str,
+        extra: &[Injected],
     ) -> Result<Decision, RecoveryError> {
         let started = Instant::now();
         let params = record
@@ -607,7 +676,7 @@ impl Sessions {
         );
         let version = record.protocol_version.as_deref();
         let answer = self
-            .call_upstream(route, path, None, None, &init)
+            .call_upstream(route, path, None, None, extra, &init)
             .await
             .map_err(RecoveryError::Unreachable)?;
         let new_sid = answer
@@ -617,7 +686,7 @@ impl Sessions {
             .to_string();
         let initialized = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
         let answer = self
-            .call_upstream(route, path, Some(&new_sid), version, initialized)
+            .call_upstream(route, path, Some(&new_sid), version, extra, initialized)
             .await
             .map_err(RecoveryError::Unreachable)?;
         if !(200..300).contains(&answer.status) {

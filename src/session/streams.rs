@@ -52,11 +52,12 @@ impl StreamTable {
         removed
     }
 
-    /// Whether the stream of `sid` for route `server` is open here.
-    pub fn contains(&self, sid: &str, server: &str) -> bool {
+    /// When the stream of `sid` for route `server` is open here: the hub user it belongs to.
+    pub fn user_of(&self, sid: &str, server: &str) -> Option<Option<String>> {
         self.lock()
             .get(sid)
-            .is_some_and(|e| e.record.server_name == server)
+            .filter(|e| e.record.server_name == server)
+            .map(|e| e.record.user.clone())
     }
 
     /// Asks the stream of `sid` to end; `false` when it is not open here.

@@ -75,6 +75,13 @@ impl SessionStore for Counting {
         self.hit();
         self.inner.unlock(n, t).await
     }
+    async fn hub_key(
+        &self,
+        d: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError> {
+        self.hit();
+        self.inner.hub_key(d).await
+    }
 }
 
 fn settings(me: &str) -> Settings {
@@ -116,7 +123,7 @@ async fn owned_sessions_are_routed_without_a_store_round_trip() {
     let before = store.calls.load(Ordering::SeqCst);
     for _ in 0..1000 {
         assert_eq!(
-            a.resolve("s1", "demo").await,
+            a.resolve("s1", "demo", None).await,
             Decision::Local {
                 upstream_sid: "up-s1".into()
             }
@@ -128,7 +135,55 @@ async fn owned_sessions_are_routed_without_a_store_round_trip() {
         "no store call on the owned path"
     );
     // another route presenting the id does not get the session
-    assert_eq!(a.resolve("s1", "other").await, Decision::Unknown);
+    assert_eq!(a.resolve("s1", "other", None).await, Decision::Unknown);
+}
+
+#[tokio::test]
+async fn a_session_answers_only_to_its_user_on_every_pod() {
+    let store = Arc::new(Counting::default());
+    let a = pod(&store, "10.0.0.1:8081");
+    let b = pod(&store, "10.0.0.2:8081");
+    store
+        .heartbeat_pod("10.0.0.1:8081", "{}", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut r = record("s1", "10.0.0.1:8081");
+    r.user = Some("alice".into());
+    a.capture(r).await;
+    let local = Decision::Local {
+        upstream_sid: "up-s1".into(),
+    };
+    assert_eq!(a.resolve("s1", "demo", Some("alice")).await, local);
+    assert_eq!(
+        a.resolve("s1", "demo", Some("bob")).await,
+        Decision::Unknown
+    );
+    assert_eq!(a.resolve("s1", "demo", None).await, Decision::Unknown);
+    assert_eq!(
+        a.resolve_forwarded("s1", "demo", Some("bob")).await,
+        Decision::Unknown
+    );
+    // the wrong user is refused by the record before any forwarding
+    assert_eq!(
+        b.resolve("s1", "demo", Some("bob")).await,
+        Decision::Unknown
+    );
+    assert_eq!(
+        b.resolve("s1", "demo", Some("alice")).await,
+        Decision::Forward {
+            owner: "10.0.0.1:8081".into()
+        }
+    );
+    // a dead owner's session is recovered only for its user
+    store.remove_pod("10.0.0.1:8081").await.unwrap();
+    assert_eq!(
+        b.resolve("s1", "demo", Some("bob")).await,
+        Decision::Unknown
+    );
+    assert!(matches!(
+        b.resolve("s1", "demo", Some("alice")).await,
+        Decision::Recover(_)
+    ));
 }
 
 #[tokio::test]
@@ -139,20 +194,25 @@ async fn other_pods_forward_to_a_live_owner_and_recover_from_a_dead_one() {
     a.capture(record("s1", "10.0.0.1:8081")).await;
     a.heartbeat("{}").await;
     assert_eq!(
-        b.resolve("s1", "demo").await,
+        b.resolve("s1", "demo", None).await,
         Decision::Forward {
             owner: "10.0.0.1:8081".into()
         }
     );
     // a forwarded request is never forwarded again: only the owner serves it
-    assert_eq!(b.resolve_forwarded("s1", "demo").await, Decision::Unknown);
+    assert_eq!(
+        b.resolve_forwarded("s1", "demo", None).await,
+        Decision::Unknown
+    );
     assert!(matches!(
-        a.resolve_forwarded("s1", "demo").await,
+        a.resolve_forwarded("s1", "demo", None).await,
         Decision::Local { .. }
     ));
     a.deregister().await;
-    assert!(matches!(b.resolve("s1", "demo").await, Decision::Recover(r) if r.session_id == "s1"));
-    assert_eq!(b.resolve("nope", "demo").await, Decision::Unknown);
+    assert!(
+        matches!(b.resolve("s1", "demo", None).await, Decision::Recover(r) if r.session_id == "s1")
+    );
+    assert_eq!(b.resolve("nope", "demo", None).await, Decision::Unknown);
 }
 
 #[tokio::test]
@@ -163,7 +223,7 @@ async fn a_restarted_sidecar_adopts_its_own_sessions() {
         .await;
     let restarted = pod(&store, "10.0.0.1:8081");
     assert_eq!(
-        restarted.resolve("s1", "demo").await,
+        restarted.resolve("s1", "demo", None).await,
         Decision::Local {
             upstream_sid: "up-s1".into()
         }
@@ -177,7 +237,7 @@ async fn forget_ends_the_session_locally_and_in_the_store() {
     let a = pod(&store, "10.0.0.1:8081");
     a.capture(record("s1", "10.0.0.1:8081")).await;
     assert!(a.forget("s1").await.unwrap());
-    assert_eq!(a.resolve("s1", "demo").await, Decision::Unknown);
+    assert_eq!(a.resolve("s1", "demo", None).await, Decision::Unknown);
     assert!(!a.forget("s1").await.unwrap());
 }
 

@@ -35,6 +35,15 @@ pub fn lock(name: &str) -> String {
     format!("{PREFIX}lock:{name}")
 }
 
+/// `mcp:hub:key:{sha256 of the key}`: a hash describing one MCPHub key's user (fields in
+/// `crate::hub::user::field`). Written by `mcp-sidecar keys`; the key itself is never stored.
+/// Its TTL follows the key's expiry; a key created with `--expires never` has none.
+pub fn hub_key(digest: &str) -> String {
+    format!("{PREFIX}hub:key:{digest}")
+}
+
+pub const HUB_KEY_PATTERN: &str = "mcp:hub:key:*";
+
 /// Scan patterns for the admin API.
 pub const SESSION_PATTERN: &str = "mcp:session:*";
 pub const POD_PATTERN: &str = "mcp:pod:*";

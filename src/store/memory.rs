@@ -213,6 +213,12 @@ impl SessionStore for MemoryStore {
         }
         Ok(())
     }
+    async fn hub_key(
+        &self,
+        _digest: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError> {
+        Ok(None)
+    }
 }
 
 #[cfg(test)]

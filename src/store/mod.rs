@@ -168,6 +168,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Releases `name` if `token` still holds it.
     async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
+    /// The key registry hash `mcp:hub:key:<digest>` (fields in `crate::hub::user::field`).
+    /// The in-process store has no registry: hub keys then come from the static key file.
+    async fn hub_key(
+        &self,
+        digest: &str,
+    ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError>;
 }
 
 /// Current Unix time in seconds.

@@ -204,6 +204,14 @@ impl SessionStore for RedisStore {
             .map_err(|message| StoreError::Corrupt { key, message })
     }
 
+    async fn hub_key(&self, digest: &str) -> Result<Option<HashMap<String, String>>, StoreError> {
+        let key = keys::hub_key(digest);
+        let map: HashMap<String, String> = self
+            .run("hub_key", |mut c| async move { c.hgetall(key).await })
+            .await?;
+        Ok((!map.is_empty()).then_some(map))
+    }
+
     async fn touch_session(
         &self,
         session_id: &str,

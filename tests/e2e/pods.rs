@@ -224,6 +224,7 @@ async fn forged_hops_are_refused() {
         path_and_query: "/mcp",
         session_id: &sid,
         from: "127.0.0.9:1",
+        user: "",
     };
     for (secret, expected) in [("not-the-peer-secret-at-all", 403), (PEER_SECRET, 200)] {
         let resp = mcp_post(&client, &peer_url)

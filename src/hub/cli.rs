@@ -1,0 +1,469 @@
+//! `mcp-sidecar keys …`: managing MCPHub keys in the Redis registry from the command line (the
+//! sidecar has no web UI). Keys are printed once, at creation; the registry keeps only their
+//! SHA-256. Token values never appear in output.
+
+use super::crypto::TokenCipher;
+use super::key;
+use super::policy::valid_token_name;
+use super::user::{field, HubUser};
+use crate::config::Config;
+use crate::store::{keys, unix_now};
+use clap::{Args, Subcommand};
+use redis::AsyncCommands;
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// How long a revoked or expired key's record stays visible to `keys list`.
+const KEEP_AFTER_END: Duration = Duration::from_secs(7 * 24 * 3600);
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Creates a key for a user and prints it (once).
+    Create {
+        /// User id (what logs and `X-MCPHub-User-Id` show).
+        #[arg(long)]
+        user: String,
+        /// Display name (defaults to the user id).
+        #[arg(long)]
+        name: Option<String>,
+        /// Group for tool filtering; repeatable.
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// `NAME=VALUE`, or `NAME` alone to read the value from the environment variable NAME
+        /// (keeps it out of shell history); repeatable.
+        #[arg(long = "token")]
+        tokens: Vec<String>,
+        /// `90d`, `12h`, an RFC 3339 time, or `never`.
+        #[arg(long, default_value = "365d")]
+        expires: String,
+    },
+    /// Lists keys: prefix, user, groups, state, expiry and token names (never values).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deactivates keys at once; sidecars stop accepting them within `auth.cache_ttl`.
+    Revoke {
+        #[command(flatten)]
+        which: Which,
+    },
+    /// Sets (`NAME=VALUE` or `NAME` from the environment) or removes (`--remove NAME`) service
+    /// tokens of keys.
+    SetToken {
+        #[command(flatten)]
+        which: Which,
+        tokens: Vec<String>,
+        #[arg(long = "remove")]
+        remove: Vec<String>,
+    },
+}
+
+/// Which keys a command acts on.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Which {
+    /// The key itself.
+    #[arg(long)]
+    key: Option<String>,
+    /// The prefix `keys list` shows (`mcphub_` and 8 hex characters).
+    #[arg(long)]
+    prefix: Option<String>,
+    /// Every key of this user.
+    #[arg(long)]
+    user: Option<String>,
+}
+
+fn token_pair(spec: &str) -> Result<(String, String), String> {
+    let (name, value) = match spec.split_once('=') {
+        Some((n, v)) => (n.to_string(), v.to_string()),
+        None => (
+            spec.to_string(),
+            std::env::var(spec).map_err(|_| {
+                format!("--token {spec}: no '=VALUE' and no environment variable {spec}")
+            })?,
+        ),
+    };
+    if !valid_token_name(&name) {
+        return Err(format!(
+            "token name {name:?} must use only letters, digits and '_'"
+        ));
+    }
+    if value.is_empty() || value.bytes().any(|b| b.is_ascii_control()) {
+        return Err(format!(
+            "token {name}: value must be non-empty and have no control characters"
+        ));
+    }
+    Ok((name, value))
+}
+
+/// Unix seconds for `--expires`, `None` for never.
+fn expiry(spec: &str) -> Result<Option<u64>, String> {
+    let spec = spec.trim();
+    if spec == "never" {
+        return Ok(None);
+    }
+    if let Ok(d) = humantime::parse_duration(spec) {
+        return Ok(Some(unix_now() + d.as_secs().max(1)));
+    }
+    humantime::parse_rfc3339_weak(spec)
+        .map(|t| {
+            Some(
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            )
+        })
+        .map_err(|_| format!("--expires {spec:?}: use a duration (90d), an RFC 3339 time or never"))
+}
+
+fn stored_token(cipher: Option<&TokenCipher>, value: &str) -> String {
+    cipher.map_or_else(|| value.to_string(), |c| c.encrypt(value))
+}
+
+/// Runs a `keys` command; the `Err` is printed by the caller.
+pub fn run(config: &Config, cmd: KeysCommand) -> Result<(), String> {
+    let cipher = config
+        .token_encryption_key()
+        .map(TokenCipher::from_hex)
+        .transpose()
+        .map_err(|e| format!("auth.token_encryption_key {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    match (config.redis_url(), cmd) {
+        (None, KeysCommand::Create { user, name, groups, tokens, expires }) => {
+            print_static_entry(cipher.as_ref(), &user, name, &groups, &tokens, &expires)
+        }
+        (None, _) => Err(
+            "no redis.url configured: keys live in auth.keys_file; edit that file (keys create prints entries for it)"
+                .into(),
+        ),
+        (Some(url), cmd) => rt.block_on(async {
+            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+            let mut c = tokio::time::timeout(
+                config.redis.connect_timeout.max(Duration::from_secs(2)),
+                client.get_multiplexed_async_connection(),
+            )
+            .await
+            .map_err(|_| "Redis did not answer in time".to_string())?
+            .map_err(|e| format!("cannot reach Redis: {e}"))?;
+            redis_command(&mut c, cipher.as_ref(), cmd).await
+        }),
+    }
+}
+
+fn print_static_entry(
+    cipher: Option<&TokenCipher>,
+    user: &str,
+    name: Option<String>,
+    groups: &[String],
+    tokens: &[String],
+    expires: &str,
+) -> Result<(), String> {
+    let expires_at = expiry(expires)?;
+    let k = key::generate();
+    let mut entry = format!(
+        "  - key_sha256: {}\n    user_id: {user:?}\n",
+        key::digest(&k)
+    );
+    if let Some(n) = name {
+        entry.push_str(&format!("    user_name: {n:?}\n"));
+    }
+    if let Some(t) = expires_at {
+        entry.push_str(&format!("    expires_at: {t}\n"));
+    }
+    entry.push_str(&format!("    groups: {groups:?}\n    tokens:\n"));
+    for spec in tokens {
+        let (n, v) = token_pair(spec)?;
+        entry.push_str(&format!("      {n}: {:?}\n", stored_token(cipher, &v)));
+    }
+    println!("{k}");
+    eprintln!("no redis.url configured: add this entry under `keys:` in auth.keys_file (it holds the key's SHA-256, not the key):\n{entry}");
+    Ok(())
+}
+
+type Conn = redis::aio::MultiplexedConnection;
+
+async fn all_keys(c: &mut Conn) -> Result<Vec<(String, HashMap<String, String>)>, String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(keys::HUB_KEY_PATTERN)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(c)
+            .await
+            .map_err(|e| e.to_string())?;
+        names.extend(batch);
+        if next == 0 {
+            break;
+        }
+        cursor = next;
+    }
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let map: HashMap<String, String> = c.hgetall(&n).await.map_err(|e| e.to_string())?;
+        if !map.is_empty() {
+            out.push((n, map));
+        }
+    }
+    out.sort_by(|a, b| {
+        (a.1.get(field::USER_ID), a.1.get(field::KEY_PREFIX))
+            .cmp(&(b.1.get(field::USER_ID), b.1.get(field::KEY_PREFIX)))
+    });
+    Ok(out)
+}
+
+/// The registry keys `which` names.
+async fn select(c: &mut Conn, which: &Which) -> Result<Vec<String>, String> {
+    if let Some(k) = &which.key {
+        if !key::is_well_formed(k) {
+            return Err("--key is not a well-formed MCPHub key".into());
+        }
+        let name = keys::hub_key(&key::digest(k));
+        let exists: bool = c.exists(&name).await.map_err(|e| e.to_string())?;
+        return if exists {
+            Ok(vec![name])
+        } else {
+            Err("no such key in the registry".into())
+        };
+    }
+    let all = all_keys(c).await?;
+    let found: Vec<String> = all
+        .into_iter()
+        .filter(|(_, m)| match (&which.prefix, &which.user) {
+            (Some(p), _) => m.get(field::KEY_PREFIX) == Some(p),
+            (_, Some(u)) => m.get(field::USER_ID) == Some(u),
+            _ => false,
+        })
+        .map(|(n, _)| n)
+        .collect();
+    match (found.len(), &which.prefix) {
+        (0, _) => Err("no key matches".into()),
+        (n, Some(_)) if n > 1 => Err(format!("{n} keys share that prefix; use --key")),
+        _ => Ok(found),
+    }
+}
+
+async fn redis_command(
+    c: &mut Conn,
+    cipher: Option<&TokenCipher>,
+    cmd: KeysCommand,
+) -> Result<(), String> {
+    let err = |e: redis::RedisError| e.to_string();
+    match cmd {
+        KeysCommand::Create {
+            user,
+            name,
+            groups,
+            tokens,
+            expires,
+        } => {
+            if user.is_empty() {
+                return Err("--user must not be empty".into());
+            }
+            let expires_at = expiry(&expires)?;
+            let k = key::generate();
+            let rkey = keys::hub_key(&key::digest(&k));
+            let mut fields: Vec<(String, String)> = vec![
+                (field::USER_ID.into(), user.clone()),
+                (
+                    field::USER_NAME.into(),
+                    name.unwrap_or_else(|| user.clone()),
+                ),
+                (field::ACTIVE.into(), "true".into()),
+                (field::GROUPS.into(), groups.join(",")),
+                (field::KEY_PREFIX.into(), key::shown_prefix(&k).into()),
+                (field::CREATED_AT.into(), unix_now().to_string()),
+                (
+                    field::EXPIRES_AT.into(),
+                    expires_at.map(|t| t.to_string()).unwrap_or_default(),
+                ),
+            ];
+            for spec in &tokens {
+                let (n, v) = token_pair(spec)?;
+                fields.push((
+                    format!("{}{n}", field::TOKEN_PREFIX),
+                    stored_token(cipher, &v),
+                ));
+            }
+            let mut pipe = redis::pipe();
+            pipe.atomic().hset_multiple(&rkey, &fields).ignore();
+            if let Some(t) = expires_at {
+                pipe.expire_at(&rkey, (t + KEEP_AFTER_END.as_secs()) as i64)
+                    .ignore();
+            }
+            pipe.query_async::<()>(c).await.map_err(err)?;
+            println!("{k}");
+            eprintln!(
+                "created key {} for user {user} (groups: [{}], tokens: [{}], expires: {}). The key is shown only now.",
+                key::shown_prefix(&k),
+                groups.join(", "),
+                fields.iter().filter_map(|(f, _)| f.strip_prefix(field::TOKEN_PREFIX)).collect::<Vec<_>>().join(", "),
+                expires_at.map_or("never".to_string(), |t| format!("in {}", humantime::format_duration(Duration::from_secs(t.saturating_sub(unix_now())))))
+            );
+            Ok(())
+        }
+        KeysCommand::List { json } => {
+            let now = unix_now();
+            let rows: Vec<serde_json::Value> = all_keys(c)
+                .await?
+                .into_iter()
+                .map(|(_, m)| {
+                    let prefix = m.get(field::KEY_PREFIX).cloned().unwrap_or_default();
+                    let token_names: Vec<String> = m
+                        .keys()
+                        .filter_map(|f| f.strip_prefix(field::TOKEN_PREFIX).map(str::to_string))
+                        .collect::<std::collections::BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    let u = HubUser::from_hash(
+                        m.into_iter()
+                            .filter(|(f, _)| !f.starts_with(field::TOKEN_PREFIX))
+                            .collect(),
+                        None,
+                    );
+                    match u {
+                        Ok(u) => serde_json::json!({
+                            "keyPrefix": prefix,
+                            "user": u.id,
+                            "name": u.name,
+                            "groups": u.groups,
+                            "state": match u.usable(now) {
+                                Ok(()) => "active",
+                                Err(super::user::Refused::Inactive) => "revoked",
+                                Err(super::user::Refused::Expired) => "expired",
+                            },
+                            "expiresAt": u.expires_at,
+                            "tokens": token_names,
+                        }),
+                        Err(e) => serde_json::json!({"keyPrefix": prefix, "error": e}),
+                    }
+                })
+                .collect();
+            if json {
+                println!("{}", serde_json::Value::Array(rows));
+                return Ok(());
+            }
+            println!(
+                "{:<17} {:<16} {:<8} {:<20} {:<22} TOKENS",
+                "KEY", "USER", "STATE", "GROUPS", "EXPIRES"
+            );
+            for r in rows {
+                let s = |k: &str| r[k].as_str().unwrap_or("-").to_string();
+                let list = |k: &str| {
+                    r[k].as_array()
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|v| v.as_str())
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .unwrap_or_default()
+                };
+                let expires = r["expiresAt"].as_u64().map_or("never".to_string(), |t| {
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH + Duration::from_secs(t),
+                    )
+                    .to_string()
+                });
+                println!(
+                    "{:<17} {:<16} {:<8} {:<20} {:<22} {}",
+                    s("keyPrefix"),
+                    s("user"),
+                    s("state"),
+                    list("groups"),
+                    expires,
+                    list("tokens")
+                );
+            }
+            Ok(())
+        }
+        KeysCommand::Revoke { which } => {
+            let names = select(c, &which).await?;
+            for n in &names {
+                let ttl: i64 = c.ttl(n).await.map_err(err)?;
+                let mut pipe = redis::pipe();
+                pipe.atomic()
+                    .hset(n, field::ACTIVE, "false")
+                    .ignore()
+                    .hset(n, field::REVOKED_AT, unix_now().to_string())
+                    .ignore();
+                if ttl < 0 || ttl as u64 > KEEP_AFTER_END.as_secs() {
+                    pipe.expire(n, KEEP_AFTER_END.as_secs() as i64).ignore();
+                }
+                pipe.query_async::<()>(c).await.map_err(err)?;
+            }
+            eprintln!(
+                "revoked {} key(s); sidecars refuse them within auth.cache_ttl",
+                names.len()
+            );
+            Ok(())
+        }
+        KeysCommand::SetToken {
+            which,
+            tokens,
+            remove,
+        } => {
+            if tokens.is_empty() && remove.is_empty() {
+                return Err("name tokens to set (NAME=VALUE or NAME) or --remove NAME".into());
+            }
+            let pairs = tokens
+                .iter()
+                .map(|t| token_pair(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            let names = select(c, &which).await?;
+            for n in &names {
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for (t, v) in &pairs {
+                    pipe.hset(
+                        n,
+                        format!("{}{t}", field::TOKEN_PREFIX),
+                        stored_token(cipher, v),
+                    )
+                    .ignore();
+                }
+                for t in &remove {
+                    pipe.hdel(n, format!("{}{t}", field::TOKEN_PREFIX)).ignore();
+                }
+                pipe.query_async::<()>(c).await.map_err(err)?;
+            }
+            eprintln!(
+                "updated {} key(s): set [{}], removed [{}]; sidecars use the new tokens within auth.cache_ttl",
+                names.len(),
+                pairs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                remove.join(", ")
+            );
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::user::split_groups;
+    use super::*;
+
+    #[test]
+    fn token_specs_and_expiry() {
+        assert_eq!(
+            token_pair("GITHUB_TOKEN=ghp_x").unwrap(),
+            ("GITHUB_TOKEN".into(), "ghp_x".into())
+        );
+        assert!(token_pair("BAD-NAME=x").is_err());
+        assert!(token_pair("A=").is_err());
+        assert!(token_pair("A=x\ny").is_err());
+        std::env::set_var("MCP_SIDECAR_TEST_TOKEN", "from_env");
+        assert_eq!(token_pair("MCP_SIDECAR_TEST_TOKEN").unwrap().1, "from_env");
+        assert_eq!(expiry("never").unwrap(), None);
+        let t = expiry("1h").unwrap().unwrap();
+        assert!(t >= unix_now() + 3599);
+        assert_eq!(expiry("2030-01-01T00:00:00Z").unwrap(), Some(1_893_456_000));
+        assert!(expiry("soon").is_err());
+        assert_eq!(split_groups("a,,b "), ["a", "b"]);
+    }
+}

@@ -1,0 +1,287 @@
+//! Group-based tool filtering on the wire: a `tools/call` for a tool the caller may not use is
+//! refused before the upstream sees it, and `tools/list` answers (JSON or an SSE stream) lose
+//! the tools the caller may not see.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+/// A `tools/list` answer larger than this is not buffered for filtering; the client gets an
+/// error instead of an unfiltered list.
+pub const MAX_FILTERED_JSON: usize = 8 * 1024 * 1024;
+
+/// The tool names a request body calls (`tools/call`, alone or in a batch).
+pub fn called_tools(body: &[u8]) -> Vec<String> {
+    fn name(msg: &Value) -> Option<String> {
+        if msg.get("method")?.as_str()? != "tools/call" {
+            return None;
+        }
+        // a call without a usable name is called "" so a policy without "*" refuses it
+        Some(
+            msg.get("params")
+                .and_then(|p| p.get("name"))
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        )
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items.iter().filter_map(name).collect(),
+        Ok(v) => name(&v).into_iter().collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Whether a request body (single or batch) holds a `tools/list` request.
+pub fn lists_tools(body: &[u8]) -> bool {
+    // cheap test first: most bodies are not tools/list
+    if !body
+        .windows(10)
+        .any(|w| w == b"tools/list" || w == b"tools\\/lis")
+    {
+        return false;
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Array(items)) => items
+            .iter()
+            .any(|m| m.get("method").and_then(Value::as_str) == Some("tools/list")),
+        Ok(v) => v.get("method").and_then(Value::as_str) == Some("tools/list"),
+        Err(_) => false,
+    }
+}
+
+/// Removes disallowed tools from every `result.tools` list in one JSON-RPC message or batch.
+/// Returns whether anything changed.
+pub fn filter_message(msg: &mut Value, allows: &dyn Fn(&str) -> bool) -> bool {
+    match msg {
+        Value::Array(items) => {
+            let mut changed = false;
+            for m in items {
+                changed |= filter_message(m, allows);
+            }
+            changed
+        }
+        Value::Object(o) => {
+            let Some(Value::Array(tools)) = o.get_mut("result").and_then(|r| r.get_mut("tools"))
+            else {
+                return false;
+            };
+            let before = tools.len();
+            tools.retain(|t| t.get("name").and_then(Value::as_str).is_some_and(allows));
+            tools.len() != before
+        }
+        _ => false,
+    }
+}
+
+/// Filters one complete JSON body; anything unparseable passes unchanged.
+pub fn filter_json(body: &[u8], allows: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    filter_message(&mut v, allows).then(|| serde_json::to_vec(&v).expect("a Value serialises"))
+}
+
+/// The end of the first complete SSE event in `buf` (past its blank line).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
+        let nl = i + off;
+        match buf.get(nl + 1) {
+            Some(b'\n') => return Some(nl + 2),
+            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
+            _ => i = nl + 1,
+        }
+    }
+    None
+}
+
+/// One SSE event with its `result.tools` filtered; `None` when it needs no change.
+fn filter_event(event: &[u8], allows: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
+    if !event.windows(7).any(|w| w == b"\"tools\"") {
+        return None;
+    }
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data = String::new();
+    let mut others = Vec::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        } else if !line.is_empty() {
+            others.push(line);
+        }
+    }
+    let mut v: Value = serde_json::from_str(&data).ok()?;
+    if !filter_message(&mut v, allows) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(event.len());
+    for line in others {
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&serde_json::to_vec(&v).expect("a Value serialises"));
+    out.extend_from_slice(b"\n\n");
+    Some(out)
+}
+
+/// The state of filtering one response body.
+#[derive(Debug)]
+pub enum ToolsFilter {
+    /// `application/json`: the whole body is held, filtered at its end.
+    Json(Vec<u8>),
+    /// `text/event-stream`: each event is held until complete, then sent on (filtered).
+    Sse(Vec<u8>),
+}
+
+impl ToolsFilter {
+    /// For a response's content type; `None` when it is neither JSON nor SSE.
+    pub fn for_content_type(content_type: &str) -> Option<ToolsFilter> {
+        let ct = content_type.split(';').next().unwrap_or("").trim();
+        if ct.eq_ignore_ascii_case("application/json") {
+            Some(ToolsFilter::Json(Vec::new()))
+        } else if ct.eq_ignore_ascii_case("text/event-stream") {
+            Some(ToolsFilter::Sse(Vec::new()))
+        } else {
+            None
+        }
+    }
+
+    /// Takes the next body chunk and returns what may go downstream now.
+    pub fn feed(
+        &mut self,
+        chunk: Option<&[u8]>,
+        end: bool,
+        allows: &dyn Fn(&str) -> bool,
+        error_body: &dyn Fn() -> Vec<u8>,
+    ) -> Bytes {
+        match self {
+            ToolsFilter::Json(buf) => {
+                if buf.len() <= MAX_FILTERED_JSON {
+                    buf.extend_from_slice(chunk.unwrap_or_default());
+                }
+                if !end {
+                    return Bytes::new();
+                }
+                let body = std::mem::take(buf);
+                if body.len() > MAX_FILTERED_JSON {
+                    return Bytes::from(error_body());
+                }
+                Bytes::from(filter_json(&body, allows).unwrap_or(body))
+            }
+            ToolsFilter::Sse(buf) => {
+                buf.extend_from_slice(chunk.unwrap_or_default());
+                let mut out = Vec::new();
+                while let Some(n) = event_end(buf) {
+                    let event: Vec<u8> = buf.drain(..n).collect();
+                    match filter_event(&event, allows) {
+                        Some(f) => out.extend_from_slice(&f),
+                        None => out.extend_from_slice(&event),
+                    }
+                }
+                if end {
+                    // an unterminated last event goes as it is
+                    out.append(buf);
+                }
+                Bytes::from(out)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allow(name: &str) -> bool {
+        name.starts_with("get_")
+    }
+
+    const LIST: &str = r#"{"jsonrpc":"2.0","id":1,"result":{"tools":[{"name":"get_a","inputSchema":{}},{"name":"delete_b","inputSchema":{}},{"name":"get_c"}]}}"#;
+
+    fn names(v: &Value) -> Vec<String> {
+        v["result"]["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            called_tools(
+                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#
+            ),
+            ["x"]
+        );
+        assert_eq!(
+            called_tools(
+                br#"[{"id":1,"method":"ping"},{"id":2,"method":"tools/call","params":{}}]"#
+            ),
+            [""]
+        );
+        assert!(called_tools(b"{nope").is_empty());
+        assert!(lists_tools(br#"{"id":1,"method":"tools/list"}"#));
+        assert!(lists_tools(br#"[{"id":1,"method":"tools\/list"}]"#));
+        assert!(!lists_tools(
+            br#"{"id":1,"method":"tools/call","params":{"name":"tools/list"}}"#
+        ));
+    }
+
+    #[test]
+    fn json_bodies_in_pieces() {
+        let mut f = ToolsFilter::for_content_type("application/json; charset=utf-8").unwrap();
+        let (a, b) = LIST.as_bytes().split_at(40);
+        assert!(f.feed(Some(a), false, &allow, &Vec::new).is_empty());
+        let out = f.feed(Some(b), true, &allow, &Vec::new);
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(names(&v), ["get_a", "get_c"]);
+        assert_eq!(v["id"], 1);
+        let batch = format!("[{LIST},{{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{{}}}}]");
+        let out = filter_json(batch.as_bytes(), &allow).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(names(&v[0]), ["get_a", "get_c"]);
+        assert!(filter_json(b"not json", &allow).is_none());
+    }
+
+    #[test]
+    fn sse_events_byte_by_byte() {
+        let stream = format!(
+            "event: message\r\nid: 7\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{}}}}\r\n\r\nevent: message\ndata: {LIST}\n\n: comment\n\n"
+        );
+        let mut f = ToolsFilter::for_content_type("text/event-stream").unwrap();
+        let mut out = Vec::new();
+        for b in stream.as_bytes() {
+            out.extend_from_slice(&f.feed(Some(&[*b]), false, &allow, &Vec::new));
+        }
+        out.extend_from_slice(&f.feed(None, true, &allow, &Vec::new));
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("event: message\r\nid: 7\r\ndata: {\"jsonrpc\""),
+            "{text}"
+        );
+        assert!(!text.contains("delete_b"));
+        assert!(text.contains("get_c"));
+        assert!(text.ends_with(": comment\n\n"));
+        let data = text
+            .lines()
+            .find(|l| l.contains("get_a"))
+            .unwrap()
+            .strip_prefix("data: ")
+            .unwrap();
+        let v: Value = serde_json::from_str(data).unwrap();
+        assert_eq!(names(&v), ["get_a", "get_c"]);
+    }
+
+    #[test]
+    fn oversized_json_becomes_an_error() {
+        let mut f = ToolsFilter::Json(Vec::new());
+        let big = vec![b' '; MAX_FILTERED_JSON + 1];
+        f.feed(Some(&big), false, &allow, &Vec::new);
+        let out = f.feed(None, true, &allow, &|| b"ERR".to_vec());
+        assert_eq!(&out[..], b"ERR");
+    }
+}
