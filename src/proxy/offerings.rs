@@ -13,15 +13,16 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::{json, Value};
 
-/// The id of the sidecar's own list requests.
+/// The ids of the sidecar's own list requests: `mcp-sidecar-offerings-tools`, … Distinct
+/// per list, since they run at once on one session and servers key answers by request id.
 const LIST_ID: &str = "mcp-sidecar-offerings";
 /// Pages followed per list at most (a server that keeps handing out cursors cannot hold the
 /// request forever).
 const MAX_PAGES: usize = 50;
 
 /// The JSON-RPC message with our id in an answer body (JSON or a finite SSE stream).
-fn message_of(answer: &upstream_call::Answer) -> Option<Value> {
-    let is_ours = |v: &Value| v.get("id").and_then(Value::as_str) == Some(LIST_ID);
+fn message_of(answer: &upstream_call::Answer, id: &str) -> Option<Value> {
+    let is_ours = |v: &Value| v.get("id").and_then(Value::as_str) == Some(id);
     let sse = answer
         .header("content-type")
         .is_some_and(|ct| ct.contains("text/event-stream"));
@@ -56,12 +57,13 @@ impl Sidecar {
     ) -> Result<Vec<Value>, String> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
+        let id = format!("{LIST_ID}-{field}");
         for _ in 0..MAX_PAGES {
             let params = match &cursor {
                 Some(c) => json!({ "cursor": c }),
                 None => json!({}),
             };
-            let body = json!({"jsonrpc": "2.0", "id": LIST_ID, "method": method, "params": params});
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
             let answer = upstream_call::post(
                 route.upstream_addr,
                 &route.upstream_authority,
@@ -78,7 +80,7 @@ impl Sidecar {
                     answer.status
                 ));
             }
-            let msg = message_of(&answer).ok_or_else(|| format!("{method}: no answer"))?;
+            let msg = message_of(&answer, &id).ok_or_else(|| format!("{method}: no answer"))?;
             if let Some(err) = msg.get("error") {
                 if err.get("code").and_then(Value::as_i64) == Some(-32601) {
                     return Ok(items);

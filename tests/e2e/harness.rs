@@ -229,8 +229,20 @@ impl FastMcp {
 
     /// On a given loopback address and port (a restart reuses the port).
     pub fn start_on(dir: &Path, ip: &str, port: u16, transport: Transport) -> FastMcp {
+        Self::start_args(dir, ip, port, transport, &[])
+    }
+
+    /// With extra arguments (`--capture FILE`, `--json-response`).
+    pub fn start_args(
+        dir: &Path,
+        ip: &str,
+        port: u16,
+        transport: Transport,
+        extra: &[&str],
+    ) -> FastMcp {
         let mut cmd = Command::new(python());
         cmd.arg(peers().join("fastmcp_server.py"))
+            .args(extra)
             .args(["--host", ip])
             .args(["--port", &port.to_string()])
             .args(["--name", &format!("fastmcp-{port}")])
@@ -958,4 +970,21 @@ pub async fn admin_sessions(sidecar: &Sidecar) -> Vec<serde_json::Value> {
         .as_array()
         .unwrap()
         .clone()
+}
+
+/// `mcp-sidecar -c CONFIG keys ARGS…`: (success, stdout, stderr).
+pub fn keys_cli(config: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+        .arg("-c")
+        .arg(config)
+        .arg("keys")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
 }

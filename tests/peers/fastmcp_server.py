@@ -19,6 +19,10 @@ parser.add_argument("--port", type=int, required=True)
 parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
 parser.add_argument("--name", default="test-server")
+parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON, not SSE")
+parser.add_argument(
+    "--capture", default="", help="append every request (head, then body) received to this JSONL file"
+)
 args = parser.parse_args()
 
 
@@ -45,7 +49,12 @@ class MemoryEventStore(EventStore):
 
 
 mcp = FastMCP(
-    args.name, host=args.host, port=args.port, log_level="WARNING", event_store=MemoryEventStore()
+    args.name,
+    host=args.host,
+    port=args.port,
+    log_level="WARNING",
+    event_store=MemoryEventStore(),
+    json_response=args.json_response,
 )
 calls_per_session: dict[int, int] = {}
 
@@ -100,6 +109,55 @@ async def notify_resources_changed(ctx: Context) -> str:
     return "sent"
 
 
+@mcp.prompt()
+def greet(name: str) -> str:
+    """A greeting prompt (offerings/list lists it)."""
+    return f"Hello, {name}!"
+
+
+@mcp.resource("test://info")
+def info() -> str:
+    """A static resource (offerings/list lists it)."""
+    return "test server info"
+
+
+class Capture:
+    """ASGI middleware: records what this server received, exactly as it arrived, so tests
+    can assert that nothing that must not reach the upstream did."""
+
+    def __init__(self, app, path: str) -> None:
+        self.app = app
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        self.write(
+            {
+                "kind": "head",
+                "method": scope["method"],
+                "path": scope["path"],
+                "query": scope["query_string"].decode("latin-1"),
+                "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
+            }
+        )
+        chunks: list[bytes] = []
+
+        async def recv():
+            message = await receive()
+            if message["type"] == "http.request":
+                chunks.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    self.write({"kind": "body", "path": scope["path"], "body": b"".join(chunks).decode("latin-1")})
+            return message
+
+        return await self.app(scope, recv, send)
+
+
 @mcp.custom_route("/echo", methods=["GET", "POST", "PUT", "DELETE"])
 async def echo_http(request: Request) -> JSONResponse:
     body = await request.body()
@@ -147,4 +205,10 @@ async def stalling_stream(request: Request) -> StreamingResponse:
 
 
 if __name__ == "__main__":
-    mcp.run(transport=args.transport)
+    if args.capture:
+        import uvicorn
+
+        app = mcp.sse_app() if args.transport == "sse" else mcp.streamable_http_app()
+        uvicorn.run(Capture(app, args.capture), host=args.host, port=args.port, log_level="warning")
+    else:
+        mcp.run(transport=args.transport)

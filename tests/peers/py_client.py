@@ -31,6 +31,12 @@ parser.add_argument("--resume-file", default="")
 parser.add_argument("--call-interval", type=float, default=0, help="seconds between add() calls")
 parser.add_argument("--request-timeout", type=float, default=0, help="seconds; 0 = none")
 parser.add_argument("--reconnects", type=int, default=0, help="new sessions allowed after failures")
+parser.add_argument(
+    "--header-rounds",
+    type=int,
+    default=0,
+    help="call request_headers this many times and report the hub headers the upstream saw",
+)
 args = parser.parse_args()
 headers = dict(h.split("=", 1) for h in args.header)
 timeout = timedelta(seconds=args.request_timeout) if args.request_timeout else None
@@ -58,8 +64,18 @@ async def scenario(session: ClientSession) -> dict:
     for _ in range(args.counts):
         r = await session.call_tool("count", {})
         counts.append(int(r.content[0].text))
+    header_rounds = []
+    for _ in range(args.header_rounds):
+        r = await session.call_tool("request_headers", {})
+        if r.isError:
+            raise RuntimeError(f"request_headers failed: {r.content}")
+        seen = json.loads(r.content[0].text)
+        header_rounds.append(
+            {k: v for k, v in seen.items() if k.startswith("x-mcphub-") or k == "authorization"}
+        )
     echo = await session.call_tool("echo", {"text": "héllo ✓"})
     return {
+        "header_rounds": header_rounds,
         "server": init.serverInfo.name,
         "protocol_version": init.protocolVersion,
         "tools": sorted(t.name for t in tools.tools),
