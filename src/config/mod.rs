@@ -862,6 +862,38 @@ mod tests {
     }
 
     #[test]
+    fn hub_policy_is_checked_at_startup() {
+        let route = |extra: &str| {
+            format!("routes:\n  - {{prefix: /a, upstream: 'http://127.0.0.1:1', server_name: a, {extra}}}\n")
+        };
+        let e = parse(&route("auth: required")).unwrap_err();
+        assert_eq!(e.field, "routes[0].auth");
+        let ok = format!("auth: {{keys_file: /k.yaml}}\n{}", route("auth: optional, required_tokens: [GITHUB_TOKEN], inject_headers: {X-MCPHub-GitHub-Token: '{token.GITHUB_TOKEN}'}, tool_groups: {dev: ['*']}"));
+        let c = parse(&ok).unwrap();
+        let p = c.routes[0].policy().unwrap();
+        assert_eq!(p.templates.len(), 1);
+        assert!(p.tools.is_some());
+        let e = parse(&route("inject_headers: {X-User: '{user.id}'}")).unwrap_err();
+        assert_eq!(e.field, "routes[0].inject_headers");
+        let e = parse(&format!(
+            "auth: {{keys_file: /k}}\n{}",
+            route("auth: required, inject_headers: {X-A: '{nope}'}")
+        ))
+        .unwrap_err();
+        assert!(e.message.contains("nope"), "{e}");
+        let e = parse(&format!(
+            "auth: {{keys_file: /k}}\n{}",
+            route("auth: required, required_tokens: [a-b]")
+        ))
+        .unwrap_err();
+        assert_eq!(e.field, "routes[0].required_tokens");
+        let e = parse(&format!("auth: {{token_encryption_key: short}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "auth.token_encryption_key");
+        let e = parse(&format!("auth: {{key_sources: [cookie]}}\n{MINIMAL}")).unwrap_err();
+        assert!(e.field.starts_with("auth.key_sources"), "{e}");
+    }
+
+    #[test]
     fn duplicate_prefixes_are_refused() {
         let e = parse(
             "routes:\n  - {prefix: /a, upstream: 'http://127.0.0.1:1', server_name: a}\n  - {prefix: /a/, upstream: 'http://127.0.0.1:2', server_name: b}\n",

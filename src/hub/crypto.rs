@@ -1,5 +1,5 @@
-//! Service tokens at rest: AES-256-GCM under `auth.token_encryption_key` (32 bytes as 64 hex
-//! characters). A stored value is `enc:v1:<nonce hex>:<ciphertext hex>`; values without the
+//! Service tokens at rest: AES-256-GCM under `auth.token_encryption_key` (32 bytes, as 64 hex
+//! characters or base64). A stored value is `enc:v1:<nonce hex>:<ciphertext hex>`; values without the
 //! prefix are plaintext (a registry written before encryption was turned on keeps working).
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng};
@@ -20,12 +20,16 @@ impl std::fmt::Debug for TokenCipher {
 }
 
 impl TokenCipher {
-    /// From 64 hex characters (`openssl rand -hex 32`).
+    /// From 32 bytes as 64 hex characters (`openssl rand -hex 32`) or base64
+    /// (`openssl rand -base64 32`).
     pub fn from_hex(key: &str) -> Result<TokenCipher, String> {
-        let bytes = hex::decode(key.trim())
+        use base64::Engine;
+        let key = key.trim();
+        let bytes = hex::decode(key)
             .ok()
+            .or_else(|| base64::engine::general_purpose::STANDARD.decode(key).ok())
             .filter(|b| b.len() == 32)
-            .ok_or("must be 64 hex characters (32 bytes; openssl rand -hex 32)")?;
+            .ok_or("must be 32 bytes as 64 hex characters or base64 (openssl rand -hex 32)")?;
         Ok(TokenCipher {
             cipher: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&bytes)),
         })
@@ -84,6 +88,12 @@ mod tests {
         let other = TokenCipher::from_hex(&"cd".repeat(32)).unwrap();
         assert!(other.decrypt(&e).is_err());
         assert!(TokenCipher::from_hex("abcd").is_err());
+        let b64 = TokenCipher::from_hex("q6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=").unwrap();
+        assert_eq!(
+            b64.decrypt(&e).unwrap(),
+            "ghp_secret",
+            "the same 32 bytes in base64"
+        );
         assert!(TokenCipher::from_hex(&"zz".repeat(32)).is_err());
     }
 }
