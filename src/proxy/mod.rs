@@ -195,16 +195,24 @@ impl RequestCtx {
     /// Records what the complete body is.
     fn complete_body(&mut self, full: &[u8]) {
         self.body_complete = true;
-        if self
+        let filtered = self
             .route
             .as_ref()
-            .is_some_and(|r| r.policy.tools.is_some())
-        {
-            self.called_tools = called_tools(full);
-            self.lists_tools = lists_tools(full);
-        }
+            .is_some_and(|r| r.policy.tools.is_some());
         match envelope_of(full) {
             Some(Ok(env)) => {
+                // a full parse only for tool calls and batches, on routes that filter tools
+                if filtered {
+                    match (&env, env.method()) {
+                        (_, Some("tools/call")) => self.called_tools = called_tools(full),
+                        (_, Some("tools/list")) => self.lists_tools = true,
+                        (Envelope::Batch { .. }, _) => {
+                            self.called_tools = called_tools(full);
+                            self.lists_tools = lists_tools(full);
+                        }
+                        _ => {}
+                    }
+                }
                 self.rpc_label = env.label();
                 if env.method() == Some("initialize") {
                     self.init = initialize_params(full);
