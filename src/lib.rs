@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod proxy;
 pub mod route;
 pub mod session;
+pub mod shutdown;
 pub mod store;

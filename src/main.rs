@@ -10,9 +10,10 @@ use mcp_sidecar::metrics::METRICS;
 use mcp_sidecar::proxy::Sidecar;
 use mcp_sidecar::session::heartbeat::Heartbeat;
 use mcp_sidecar::session::{Sessions, Settings};
+use mcp_sidecar::shutdown::DrainFirst;
 use mcp_sidecar::store::{MemoryStore, RedisStore, SessionStore};
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use std::path::PathBuf;
@@ -144,7 +145,7 @@ fn main() -> ExitCode {
     );
     admin.add_tcp(&config.server.admin_listen);
     admin.threads = Some(1);
-    let heartbeat = background_service("heartbeat", Heartbeat::new(sessions, hub));
+    let heartbeat = background_service("heartbeat", Heartbeat::new(sessions.clone(), hub));
 
     info!(
         "mcp-sidecar listening on {} (peers {}, admin {}), advertised as {}, {} routes, {} threads",
@@ -161,7 +162,13 @@ fn main() -> ExitCode {
     server.add_service(proxy_service);
     server.add_service(admin);
     server.add_service(heartbeat);
-    server.run_forever()
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainFirst {
+            sessions,
+            grace_period: config.server.grace_period,
+        }),
+    });
+    ExitCode::SUCCESS
 }
 
 /// `host:port` of a Redis URL, without credentials, for logs.

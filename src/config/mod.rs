@@ -131,10 +131,11 @@ pub struct ServerSection {
     /// Worker threads; 0 means one per core (Pingora's own default is 1).
     #[serde(deserialize_with = "number_or_string")]
     pub threads: usize,
-    /// How long after SIGTERM before listeners close (Pingora defaults to 300 s).
+    /// How long after SIGTERM the listeners stay open while the pod drains, so the load
+    /// balancer stops routing here before connections are refused.
     #[serde(with = "human_duration")]
     pub grace_period: Duration,
-    /// How long in-flight requests and streams may take to finish after that.
+    /// How long in-flight requests and streams may take to finish once the listeners closed.
     #[serde(with = "human_duration")]
     pub shutdown_timeout: Duration,
     /// Pingora's pid file and upgrade socket (graceful binary upgrade, `-u`).
@@ -619,8 +620,11 @@ impl Config {
     pub fn pingora_conf(&self) -> pingora::server::configuration::ServerConf {
         let mut conf = pingora::server::configuration::ServerConf {
             threads: self.threads(),
-            grace_period_seconds: Some(self.server.grace_period.as_secs()),
-            graceful_shutdown_timeout_seconds: Some(self.server.shutdown_timeout.as_secs()),
+            // our grace period runs before Pingora hears of the SIGTERM (crate::shutdown); Pingora's
+            // own grace period is the time in-flight work gets after its listeners closed, and
+            // its runtime shutdown then only drops what is left
+            grace_period_seconds: Some(self.server.shutdown_timeout.as_secs()),
+            graceful_shutdown_timeout_seconds: Some(1),
             pid_file: self.server.pid_file.clone(),
             upgrade_sock: self.server.upgrade_sock.clone(),
             ..Default::default()
@@ -789,7 +793,9 @@ mod tests {
         assert!(c.timeouts.upstream_idle < Duration::from_secs(5));
         let pc = c.pingora_conf();
         assert_eq!(pc.threads, c.threads());
-        assert_eq!(pc.grace_period_seconds, Some(5));
+        // the grace period runs before Pingora hears of SIGTERM; Pingora's is the in-flight time
+        assert_eq!(c.server.grace_period, Duration::from_secs(5));
+        assert_eq!(pc.grace_period_seconds, Some(20));
         assert_eq!(c.advertise_address(), "127.0.0.1:8081");
     }
 

@@ -29,10 +29,17 @@ async fn sigterm_under_load_moves_sessions_at_once_and_fails_no_request() {
     // because the draining pod deregisters
     let mut c = Cluster::start_full(
         "drain-sigterm",
-        &[("grace_period", "2s"), ("shutdown_timeout", "5s")],
+        &[("grace_period", "5s"), ("shutdown_timeout", "5s")],
         "session: {pod_ttl: 120s, heartbeat_interval: 1s}\n",
         Transport::StreamableHttp,
     );
+    let backends = |pods: &[Pod]| -> Vec<String> {
+        pods.iter()
+            .map(|p| format!("{}:{}", p.sidecar.ip, p.sidecar.port))
+            .collect()
+    };
+    // the Service: it drops pod 0's endpoint once its readiness fails, as Kubernetes does
+    c.entry = RoundRobin::start_reloadable(&c.dir, &backends(&c.pods));
     let url = c.entry.url("/mcp");
     let clients: Vec<_> = (0..6)
         .map(|_| {
@@ -73,6 +80,25 @@ async fn sigterm_under_load_moves_sessions_at_once_and_fails_no_request() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let ready = reqwest::get(c.pods[0].sidecar.admin("/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503);
+    c.entry.set_backends(&backends(&c.pods[1..]));
+    // a load balancer slower to notice still reaches pod 0: it keeps accepting through its
+    // grace period (Pingora alone closes its listeners on SIGTERM) and hands the new session
+    // to a pod that stays
+    let http = reqwest::Client::new();
+    let late = open_session(&http, &c.pods[0].sidecar.url("/mcp")).await;
+    let late_owner = admin_sessions(&c.pods[1].sidecar)
+        .await
+        .into_iter()
+        .find(|s| s["sessionId"] == late)
+        .map(|s| s["owner"].clone());
+    assert!(
+        late_owner.is_some() && late_owner != Some(serde_json::json!(leaving)),
+        "{late_owner:?}"
+    );
 
     for (i, client) in clients.into_iter().enumerate() {
         let out = client

@@ -839,40 +839,116 @@ impl Pod {
 pub struct RoundRobin {
     pub proc: Proc,
     pub port: u16,
+    root: PathBuf,
+    /// A master process that re-reads its configuration on SIGHUP (`set_backends`).
+    reloadable: bool,
 }
 
 impl RoundRobin {
     pub fn start(dir: &Path, backends: &[String]) -> RoundRobin {
+        Self::launch(dir, backends, false)
+    }
+
+    /// One whose backends can change while it runs (`set_backends`), as a Service's endpoints
+    /// do. Clients get a connection per request, so a reload never races an idle keep-alive.
+    pub fn start_reloadable(dir: &Path, backends: &[String]) -> RoundRobin {
+        Self::launch(dir, backends, true)
+    }
+
+    fn launch(dir: &Path, backends: &[String], reloadable: bool) -> RoundRobin {
         let port = free_port();
         let root = dir.join(format!("nginx-{port}"));
         fs::create_dir_all(root.join("tmp")).unwrap();
-        let servers: String = backends
-            .iter()
-            .map(|b| format!("    server {b};\n"))
-            .collect();
-        let conf = root.join("nginx.conf");
-        fs::write(
-            &conf,
-            format!(
-                "master_process off;\ndaemon off;\nerror_log {root}/error.log;\npid {root}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
-                root = root.display()
-            ),
-        )
-        .unwrap();
+        let conf = Self::write_conf(&root, port, backends, reloadable);
         let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("nginx not installed; run scripts/test.sh");
-        // one process (`master_process off`), so killing the child leaves no orphaned workers
+        // one process (`master_process off`), so killing the child leaves no orphaned workers;
+        // a reloadable one needs a master, which `Drop` stops with its workers
         let mut cmd = Command::new(nginx);
         cmd.arg("-p").arg(&root).arg("-c").arg(&conf);
         let mut proc = Proc::spawn(dir, &format!("nginx-{port}"), cmd);
         proc.wait_port(port);
-        RoundRobin { proc, port }
+        RoundRobin {
+            proc,
+            port,
+            root,
+            reloadable,
+        }
+    }
+
+    fn write_conf(root: &Path, port: u16, backends: &[String], reloadable: bool) -> PathBuf {
+        let servers: String = backends
+            .iter()
+            .map(|b| format!("    server {b};\n"))
+            .collect();
+        let (process, level, keepalive) = if reloadable {
+            // notice: worker starts are logged, which is how `set_backends` sees the reload
+            (
+                "master_process on;\nworker_processes 1;",
+                " notice",
+                "  keepalive_timeout 0;\n",
+            )
+        } else {
+            ("master_process off;", "", "")
+        };
+        let conf = root.join("nginx.conf");
+        fs::write(
+            &conf,
+            format!(
+                "{process}\ndaemon off;\nerror_log {root}/error.log{level};\npid {root}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n{keepalive}  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
+                root = root.display()
+            ),
+        )
+        .unwrap();
+        conf
+    }
+
+    /// Replaces the backends, as an endpoints controller removes a pod that failed readiness:
+    /// requests in flight finish where they are, new ones go to the new set. Returns once the
+    /// new configuration serves.
+    pub fn set_backends(&self, backends: &[String]) {
+        assert!(self.reloadable, "set_backends needs start_reloadable");
+        Self::write_conf(&self.root, self.port, backends, true);
+        let workers_started = || {
+            fs::read_to_string(self.root.join("error.log"))
+                .unwrap_or_default()
+                .matches("start worker process")
+                .count()
+        };
+        let before = workers_started();
+        let status = Command::new("kill")
+            .args(["-HUP", &self.proc.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if workers_started() > before {
+                return;
+            }
+            assert!(Instant::now() < deadline, "nginx did not reload");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        if self.reloadable {
+            // SIGTERM: the master stops its workers, then exits
+            if self.proc.pid() != 0 {
+                let _ = Command::new("kill")
+                    .args(["-TERM", &self.proc.pid().to_string()])
+                    .status();
+                self.proc.wait_exit(Duration::from_secs(5));
+            }
+        }
     }
 }
 
