@@ -7,6 +7,7 @@ use crate::session::Sessions;
 use crate::store::{unix_now, Backend};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
+use log::info;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
@@ -125,6 +126,36 @@ impl AdminApp {
                     Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
                 }
             }
+            (&Method::GET, Some("upstream-sessions")) => match store.list_upstream_sessions().await
+            {
+                Ok(list) => ok(json!(list
+                    .into_iter()
+                    .map(|u| json!({
+                        "serverName": u.server_name,
+                        "contextKey": u.context_key,
+                        "sessionId": u.session_id,
+                        "ttl": u.ttl.map(|t| t.as_secs()),
+                    }))
+                    .collect::<Vec<_>>())),
+                Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            },
+            (&Method::DELETE, Some(rest)) if rest.starts_with("upstream-sessions/") => {
+                let rest = percent_decode(&rest["upstream-sessions/".len()..]);
+                let Some((server, context)) = rest.split_once('/') else {
+                    return fail(
+                        StatusCode::NOT_FOUND,
+                        "use /api/admin/upstream-sessions/:serverName/:contextKey",
+                    );
+                };
+                match store.delete_upstream_session(server, context, None).await {
+                    Ok(true) => {
+                        info!("upstream session of {server} {context} deleted through the admin API; the next request re-establishes it");
+                        ok(json!({"serverName": server, "contextKey": context}))
+                    }
+                    Ok(false) => fail(StatusCode::NOT_FOUND, "no such upstream session"),
+                    Err(e) => fail(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+                }
+            }
             (&Method::GET, Some("pods")) => match store.list_pods().await {
                 Ok(pods) => {
                     let me = &self.sessions.settings.me;
@@ -146,6 +177,31 @@ impl AdminApp {
             _ => fail(StatusCode::NOT_FOUND, "no such admin endpoint"),
         }
     }
+}
+
+/// `%XX` escapes decoded (context keys may arrive escaped); anything malformed stays as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        match (
+            b[i],
+            b.get(i + 1).and_then(|c| hex(*c)),
+            b.get(i + 2).and_then(|c| hex(*c)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn respond(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {

@@ -15,5 +15,6 @@ pub mod protocol;
 pub mod proxy;
 pub mod route;
 pub mod session;
+pub mod shared;
 pub mod shutdown;
 pub mod store;

@@ -43,6 +43,13 @@ pub struct Metrics {
     pub auth_cache: IntCounterVec,
     /// Requests refused by hub policy, by route and reason: tool_denied, session_user.
     pub hub_refusals: IntCounterVec,
+    /// Shared upstream sessions: established, re-established.
+    pub shared_sessions: IntCounterVec,
+    /// Client requests on shared upstream sessions, by how they ended: multiplexed (sent with
+    /// a rewritten id), answered_here (initialize, initialized, DELETE, GET), refused.
+    pub shared_requests: IntCounterVec,
+    /// Client requests in flight on this pod's shared upstream sessions.
+    pub shared_in_flight: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -137,6 +144,23 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "mcp_sidecar_hub_refusals_total",
         "Requests refused by hub policy, by route and reason (tool_denied, session_user)",
         &["route", "reason"]
+    )
+    .expect("metric registers once"),
+    shared_sessions: register_int_counter_vec!(
+        "mcp_sidecar_shared_upstream_sessions_total",
+        "Shared upstream sessions established and re-established by this pod",
+        &["event"]
+    )
+    .expect("metric registers once"),
+    shared_requests: register_int_counter_vec!(
+        "mcp_sidecar_shared_requests_total",
+        "Client requests on shared upstream sessions: multiplexed, answered_here, refused",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once"),
+    shared_in_flight: register_int_gauge!(
+        "mcp_sidecar_shared_in_flight",
+        "Client requests in flight on this pod's shared upstream sessions"
     )
     .expect("metric registers once"),
 }

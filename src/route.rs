@@ -18,6 +18,8 @@ pub struct Route {
     pub upstream_path: String,
     /// Hub auth, token injection and tool filtering for this route.
     pub policy: RoutePolicy,
+    /// `session_mode: shared`: clients share one upstream session per context (`crate::shared`).
+    pub shared: bool,
 }
 
 impl Route {
@@ -73,6 +75,7 @@ impl RouteTable {
                 upstream_authority: up.authority,
                 upstream_path: up.path,
                 policy: r.policy()?,
+                shared: r.session_mode == crate::config::SessionMode::Shared,
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

@@ -205,6 +205,9 @@ pub struct SessionSection {
     /// timeouts keep it. `0s`: never.
     #[serde(with = "human_duration")]
     pub sse_keepalive: Duration,
+    /// Sliding TTL of a shared upstream session's key (`session_mode: shared` routes).
+    #[serde(with = "human_duration")]
+    pub shared_ttl: Duration,
 }
 
 impl Default for SessionSection {
@@ -216,6 +219,7 @@ impl Default for SessionSection {
             pod_ttl: Duration::from_secs(10),
             recovery_timeout: Duration::from_secs(5),
             sse_keepalive: Duration::from_secs(15),
+            shared_ttl: Duration::from_secs(3600),
         }
     }
 }
@@ -345,6 +349,18 @@ pub struct RouteSection {
     /// caller. Absent: no filtering.
     #[serde(default)]
     pub tool_groups: Option<BTreeMap<String, Vec<String>>>,
+    /// `per_client` (default): each client initializes its own upstream session. `shared`:
+    /// the clients of one context share one upstream session, multiplexed by the sidecar.
+    #[serde(default)]
+    pub session_mode: SessionMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionMode {
+    #[default]
+    PerClient,
+    Shared,
 }
 
 impl RouteSection {

@@ -2,12 +2,11 @@
 //! refused before the upstream sees it, and `tools/list` answers (JSON or an SSE stream) lose
 //! the tools the caller may not see.
 
+use crate::protocol::messages::{edit_json, MessageStream};
 use bytes::Bytes;
 use serde_json::Value;
 
-/// A `tools/list` answer larger than this is not buffered for filtering; the client gets an
-/// error instead of an unfiltered list.
-pub const MAX_FILTERED_JSON: usize = 8 * 1024 * 1024;
+pub use crate::protocol::messages::MAX_EDITED_JSON as MAX_FILTERED_JSON;
 
 /// The tool names a request body calls (`tools/call`, alone or in a batch).
 pub fn called_tools(body: &[u8]) -> Vec<String> {
@@ -73,79 +72,19 @@ pub fn filter_message(msg: &mut Value, allows: &dyn Fn(&str) -> bool) -> bool {
     }
 }
 
-/// Filters one complete JSON body; anything unparseable passes unchanged.
+/// Filters one complete JSON body; `None` when unparseable or unchanged.
 pub fn filter_json(body: &[u8], allows: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
-    let mut v: Value = serde_json::from_slice(body).ok()?;
-    filter_message(&mut v, allows).then(|| serde_json::to_vec(&v).expect("a Value serialises"))
+    edit_json(body, &mut |v| filter_message(v, allows))
 }
 
-/// The end of the first complete SSE event in `buf` (past its blank line).
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
-        let nl = i + off;
-        match buf.get(nl + 1) {
-            Some(b'\n') => return Some(nl + 2),
-            Some(b'\r') if buf.get(nl + 2) == Some(&b'\n') => return Some(nl + 3),
-            _ => i = nl + 1,
-        }
-    }
-    None
-}
-
-/// One SSE event with its `result.tools` filtered; `None` when it needs no change.
-fn filter_event(event: &[u8], allows: &dyn Fn(&str) -> bool) -> Option<Vec<u8>> {
-    if !event.windows(7).any(|w| w == b"\"tools\"") {
-        return None;
-    }
-    let text = std::str::from_utf8(event).ok()?;
-    let mut data = String::new();
-    let mut others = Vec::new();
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(d.strip_prefix(' ').unwrap_or(d));
-        } else if !line.is_empty() {
-            others.push(line);
-        }
-    }
-    let mut v: Value = serde_json::from_str(&data).ok()?;
-    if !filter_message(&mut v, allows) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(event.len());
-    for line in others {
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-    }
-    out.extend_from_slice(b"data: ");
-    out.extend_from_slice(&serde_json::to_vec(&v).expect("a Value serialises"));
-    out.extend_from_slice(b"\n\n");
-    Some(out)
-}
-
-/// The state of filtering one response body.
+/// Filtering one `tools/list` answer, JSON or SSE.
 #[derive(Debug)]
-pub enum ToolsFilter {
-    /// `application/json`: the whole body is held, filtered at its end.
-    Json(Vec<u8>),
-    /// `text/event-stream`: each event is held until complete, then sent on (filtered).
-    Sse(Vec<u8>),
-}
+pub struct ToolsFilter(MessageStream);
 
 impl ToolsFilter {
     /// For a response's content type; `None` when it is neither JSON nor SSE.
     pub fn for_content_type(content_type: &str) -> Option<ToolsFilter> {
-        let ct = content_type.split(';').next().unwrap_or("").trim();
-        if ct.eq_ignore_ascii_case("application/json") {
-            Some(ToolsFilter::Json(Vec::new()))
-        } else if ct.eq_ignore_ascii_case("text/event-stream") {
-            Some(ToolsFilter::Sse(Vec::new()))
-        } else {
-            None
-        }
+        MessageStream::for_content_type(content_type).map(ToolsFilter)
     }
 
     /// Takes the next body chunk and returns what may go downstream now.
@@ -156,37 +95,13 @@ impl ToolsFilter {
         allows: &dyn Fn(&str) -> bool,
         error_body: &dyn Fn() -> Vec<u8>,
     ) -> Bytes {
-        match self {
-            ToolsFilter::Json(buf) => {
-                if buf.len() <= MAX_FILTERED_JSON {
-                    buf.extend_from_slice(chunk.unwrap_or_default());
-                }
-                if !end {
-                    return Bytes::new();
-                }
-                let body = std::mem::take(buf);
-                if body.len() > MAX_FILTERED_JSON {
-                    return Bytes::from(error_body());
-                }
-                Bytes::from(filter_json(&body, allows).unwrap_or(body))
-            }
-            ToolsFilter::Sse(buf) => {
-                buf.extend_from_slice(chunk.unwrap_or_default());
-                let mut out = Vec::new();
-                while let Some(n) = event_end(buf) {
-                    let event: Vec<u8> = buf.drain(..n).collect();
-                    match filter_event(&event, allows) {
-                        Some(f) => out.extend_from_slice(&f),
-                        None => out.extend_from_slice(&event),
-                    }
-                }
-                if end {
-                    // an unterminated last event goes as it is
-                    out.append(buf);
-                }
-                Bytes::from(out)
-            }
-        }
+        self.0.feed(
+            chunk,
+            end,
+            Some(b"\"tools\""),
+            &mut |v| filter_message(v, allows),
+            error_body,
+        )
     }
 }
 
@@ -278,7 +193,7 @@ mod tests {
 
     #[test]
     fn oversized_json_becomes_an_error() {
-        let mut f = ToolsFilter::Json(Vec::new());
+        let mut f = ToolsFilter::for_content_type("application/json").unwrap();
         let big = vec![b' '; MAX_FILTERED_JSON + 1];
         f.feed(Some(&big), false, &allow, &Vec::new);
         let out = f.feed(None, true, &allow, &|| b"ERR".to_vec());

@@ -114,6 +114,14 @@ impl Template {
         })
     }
 
+    /// The service tokens the template injects.
+    pub fn token_names(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            Part::Token(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
     /// Whether the template names a user or a token (it needs an authenticated caller).
     pub fn needs_user(&self) -> bool {
         self.parts.iter().any(|p| {

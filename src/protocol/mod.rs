@@ -4,4 +4,5 @@
 pub mod chunked;
 pub mod headers;
 pub mod jsonrpc;
+pub mod messages;
 pub mod unknown_session;

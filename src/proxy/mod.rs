@@ -17,6 +17,7 @@ mod hop;
 mod offerings;
 mod relay;
 mod reply;
+mod shared;
 
 use crate::config::Config;
 use crate::hub::filter::{called_tools, lists_tools, ToolsFilter};
@@ -26,6 +27,7 @@ use crate::legacy;
 use crate::metrics::METRICS;
 use crate::protocol::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::{code, initialize_params, Envelope};
+use crate::protocol::messages::MessageStream;
 use crate::protocol::unknown_session::may_be_unknown_session;
 use crate::route::{Route, RouteTable};
 use crate::session::{Decision, Sessions, StreamDecision};
@@ -61,6 +63,7 @@ pub struct Sidecar {
     upstream_idle: Duration,
     upstream_read: Option<Duration>,
     upstream_write: Duration,
+    shared: Arc<crate::shared::Shared>,
 }
 
 impl Sidecar {
@@ -73,6 +76,10 @@ impl Sidecar {
             .port();
         Ok(Sidecar {
             routes: RouteTable::from_config(config)?,
+            shared: Arc::new(crate::shared::Shared::new(
+                sessions.clone(),
+                config.session.shared_ttl,
+            )),
             sessions,
             hub,
             peer_port,
@@ -151,6 +158,19 @@ pub struct RequestCtx {
     tools_filter: Option<ToolsFilter>,
     /// A refusal found once a body held back for the upstream was complete (a denied tool).
     denied: Option<Refusal>,
+    /// A client session of a shared route: the context of its upstream session.
+    shared_context: Option<String>,
+    /// The request goes to this pod's shared upstream session: ids are rewritten on the way
+    /// in and restored on the way out.
+    mux_active: bool,
+    /// Upstream ids registered for this request, released when it ends.
+    mux_ids: Vec<String>,
+    /// The rewritten body.
+    mux_body: Option<Bytes>,
+    /// A pre-read body on a shared route, until it is rewritten.
+    raw_body: Option<Bytes>,
+    /// The answer being restored for the client (and filtered, on tool-filtering routes).
+    mux_stream: Option<MessageStream>,
 }
 
 impl RequestCtx {
@@ -319,7 +339,12 @@ impl Sidecar {
             }
         }
         match body.push(None, true, self.max_body) {
-            BodyProgress::Complete(full) => ctx.complete_body(&full),
+            BodyProgress::Complete(full) => {
+                ctx.complete_body(&full);
+                if ctx.route.as_ref().is_some_and(|r| r.shared) {
+                    ctx.raw_body = Some(full);
+                }
+            }
             _ => return body_over_limit(),
         }
         Ok(())
@@ -350,7 +375,7 @@ impl Sidecar {
                 let extra = self.injected(session, ctx, Some(sid));
                 let d = self
                     .sessions
-                    .recover(record, &route, &path, "owner pod gone", &extra)
+                    .recover(*record, &route, &path, "owner pod gone", &extra)
                     .await
                     .map_err(recovery_failed)?;
                 (d, "recovered")
@@ -476,6 +501,9 @@ impl Sidecar {
         let Some(reason) = ctx.recover.take() else {
             return Ok(());
         };
+        if ctx.shared_context.is_some() {
+            return self.reestablish(session, ctx).await;
+        }
         let (route, path, _) = upstream_target(session, ctx);
         let extra = self.injected(session, ctx, None);
         let s = ctx.session.as_mut().expect("only session requests recover");
@@ -628,6 +656,7 @@ impl Sidecar {
             init_params: Some(params),
             created_at: now,
             last_seen: now,
+            ..Default::default()
         })
     }
 }
@@ -661,6 +690,12 @@ impl ProxyHttp for Sidecar {
             lists_tools: false,
             tools_filter: None,
             denied: None,
+            shared_context: None,
+            mux_active: false,
+            mux_ids: Vec::new(),
+            mux_body: None,
+            raw_body: None,
+            mux_stream: None,
         }
     }
 
@@ -711,9 +746,15 @@ impl ProxyHttp for Sidecar {
             Ok(()) => self.authenticate(session, ctx).await,
             Err(refusal) => Err(refusal),
         };
+        let shared_route = ctx.route.as_ref().is_some_and(|r| r.shared);
         let routed = match checked {
             Ok(()) => match ctx.tool_refusal() {
                 Some(refusal) => Err(refusal),
+                None if shared_route => match self.route_shared(session, ctx).await {
+                    Ok(shared::SharedStep::Answered) => return Ok(true),
+                    Ok(shared::SharedStep::Proxy) => Ok(()),
+                    Err(refusal) => Err(refusal),
+                },
                 None => self.route_session(session, ctx).await,
             },
             Err(refusal) => Err(refusal),
@@ -870,7 +911,14 @@ impl ProxyHttp for Sidecar {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.body_complete {
-            // read in request_filter; this is Pingora replaying its buffer
+            // read in request_filter; this is Pingora replaying its buffer (rewritten for a
+            // shared session)
+            if ctx.mux_body.is_some() {
+                *body = Some(match end_of_stream {
+                    true => ctx.mux_body.clone().unwrap_or_default(),
+                    false => Bytes::new(),
+                });
+            }
             return Ok(());
         }
         match ctx.body.push(body.take(), end_of_stream, self.max_body) {
@@ -883,7 +931,16 @@ impl ProxyHttp for Sidecar {
                     ctx.denied = Some(refusal);
                     return Error::e_explain(ErrorType::HTTPStatus(403), "tool denied");
                 }
-                *body = Some(full);
+                if ctx.mux_active {
+                    if let Err(refusal) = self.multiplex(ctx, &full) {
+                        let status = refusal.status;
+                        ctx.denied = Some(refusal);
+                        return Error::e_explain(ErrorType::HTTPStatus(status), "not multiplexed");
+                    }
+                    *body = ctx.mux_body.clone();
+                } else {
+                    *body = Some(full);
+                }
             }
         }
         Ok(())
@@ -920,6 +977,11 @@ impl ProxyHttp for Sidecar {
             }
             if s.upstream_sid != s.client_sid {
                 upstream_request.insert_header(MCP_SESSION_ID, s.upstream_sid.as_str())?;
+            }
+            if ctx.mux_active && session.req_header().method == http::Method::POST {
+                // the rewritten body has its own length
+                upstream_request.remove_header("content-length");
+                upstream_request.insert_header("transfer-encoding", "chunked")?;
             }
         }
         if route.prefix != route.upstream_path {
@@ -1002,6 +1064,20 @@ impl ProxyHttp for Sidecar {
                 upstream_response.remove_header("content-length");
             }
         }
+        if ctx.mux_active && served_here {
+            // the answer's ids (and progress tokens) go back to what the client sent; tool
+            // lists are filtered in the same pass
+            let ct = upstream_response
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            ctx.mux_stream = MessageStream::for_content_type(ct);
+            if ctx.mux_stream.is_some() {
+                ctx.tools_filter = None;
+                upstream_response.remove_header("content-length");
+            }
+        }
         if self.sessions.is_draining() {
             // the client's next request opens a new connection, which reaches a pod that stays
             session.set_keepalive(None);
@@ -1067,6 +1143,10 @@ impl ProxyHttp for Sidecar {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if ctx.mux_stream.is_some() {
+            self.restore_body(body, end_of_stream, ctx);
+            return Ok(None);
+        }
         let Some(filter) = ctx.tools_filter.as_mut() else {
             return Ok(None);
         };
@@ -1158,6 +1238,10 @@ impl ProxyHttp for Sidecar {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.mux_active {
+            self.shared.mux.release(&ctx.mux_ids);
+            METRICS.shared_in_flight.dec();
+        }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let elapsed = ctx.responded.unwrap_or_else(Instant::now) - ctx.started;
         let route = ctx.route_label();

@@ -372,6 +372,7 @@ impl Sidecar {
                                     init_params: None,
                                     created_at: now,
                                     last_seen: now,
+                                    ..Default::default()
                                 };
                                 closed_by_admin = Some(self.sessions.open_stream(record).await);
                                 ctx.legacy_sid = Some(sid.to_string());

@@ -70,7 +70,7 @@ pub enum Decision {
     /// Owned by another live pod; forward to its peer address.
     Forward { owner: String },
     /// The owner is gone: replay the session here.
-    Recover(SessionRecord),
+    Recover(Box<SessionRecord>),
     /// No pod knows the session.
     Unknown,
     /// Not owned here, and the store cannot say where it is.
@@ -246,7 +246,7 @@ impl Sessions {
             Ok(true) => Decision::Forward {
                 owner: record.owner,
             },
-            Ok(false) => Decision::Recover(record),
+            Ok(false) => Decision::Recover(Box::new(record)),
             Err(_) => Decision::StoreUnavailable,
         }
     }
@@ -286,7 +286,7 @@ impl Sessions {
             None if record.owner == self.settings.me => self
                 .resolve_local(sid, server, user)
                 .unwrap_or_else(|| self.adopt(record)),
-            None => Decision::Recover(record),
+            None => Decision::Recover(Box::new(record)),
         }
     }
 
@@ -429,6 +429,46 @@ impl Sessions {
             METRICS.sessions.with_label_values(&["deleted"]).inc();
         }
         Ok(local || stored)
+    }
+
+    /// A client session of a shared route, for `server` and hub `user`: from the local table
+    /// (it was opened here) or the store. `Ok(None)` when unknown or someone else's.
+    pub async fn shared_client(
+        self: &Arc<Self>,
+        sid: &str,
+        server: &str,
+        user: Option<&str>,
+    ) -> Result<Option<SessionRecord>, StoreError> {
+        if let Some(hit) = self
+            .local
+            .get(sid, server, user, self.settings.refresh_interval)
+        {
+            if hit.refresh_due {
+                self.refresh_later(sid.to_string());
+            }
+            return Ok(self.local.record(sid).filter(|r| r.context.is_some()));
+        }
+        Ok(self
+            .store
+            .load_session(sid)
+            .await?
+            .filter(|r| r.server_name == server && r.context.is_some() && self.bound_to(r, user)))
+    }
+
+    /// Records a session without the capture log lines (a shared route's client session, or
+    /// a shared upstream session: the shared layer logs them).
+    pub async fn record_quietly(&self, record: SessionRecord) {
+        let sid = record.session_id.clone();
+        self.local.insert(record.clone());
+        METRICS.sessions.with_label_values(&["created"]).inc();
+        if let Err(e) = self.store.save_session(&record, self.settings.ttl).await {
+            self.store_failed("saving failed", &sid, &e);
+        }
+    }
+
+    /// Removes a session from the local table only (a replaced shared upstream session).
+    pub fn drop_local(&self, sid: &str) {
+        self.local.remove(sid);
     }
 
     /// The record of a session owned here, if any.
@@ -582,7 +622,7 @@ impl Sessions {
 
     /// One JSON-RPC message from the sidecar itself to the local MCP server, on a session when
     /// `upstream_sid` is given.
-    async fn call_upstream(
+    pub async fn call_upstream(
         &self,
         route: &Route,
         path: &str,

@@ -55,6 +55,40 @@ impl SessionStore for Counting {
         self.hit();
         self.inner.heartbeat_pod(a, i, ttl).await
     }
+    async fn get_upstream_session(
+        &self,
+        s: &str,
+        c: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        self.hit();
+        self.inner.get_upstream_session(s, c, ttl).await
+    }
+    async fn set_upstream_session(
+        &self,
+        s: &str,
+        c: &str,
+        sid: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.hit();
+        self.inner.set_upstream_session(s, c, sid, ttl).await
+    }
+    async fn delete_upstream_session(
+        &self,
+        s: &str,
+        c: &str,
+        only_if: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        self.hit();
+        self.inner.delete_upstream_session(s, c, only_if).await
+    }
+    async fn list_upstream_sessions(
+        &self,
+    ) -> Result<Vec<crate::store::UpstreamSession>, StoreError> {
+        self.hit();
+        self.inner.list_upstream_sessions().await
+    }
     async fn pod_alive(&self, a: &str) -> Result<bool, StoreError> {
         self.hit();
         self.inner.pod_alive(a).await
@@ -108,6 +142,7 @@ fn record(id: &str, owner: &str) -> SessionRecord {
         init_params: Some("{}".into()),
         created_at: 1,
         last_seen: 1,
+        ..Default::default()
     }
 }
 

@@ -19,6 +19,10 @@ pub mod session_field {
     pub const USER: &str = "user";
     pub const PROTOCOL_VERSION: &str = "protocol_version";
     pub const INIT_PARAMS: &str = "init_params";
+    /// Client sessions of shared routes: the context key of their upstream session.
+    pub const CONTEXT: &str = "context";
+    /// Shared upstream sessions: the InitializeResult later clients are answered with.
+    pub const INIT_RESULT: &str = "init_result";
     pub const CREATED_AT: &str = "created_at";
     pub const LAST_SEEN: &str = "last_seen";
 }
@@ -42,6 +46,21 @@ pub fn hub_key(digest: &str) -> String {
     format!("{PREFIX}hub:key:{digest}")
 }
 
+/// `mcp:upstream:session:{server_name}:{context_key}`: a string holding the upstream
+/// `Mcp-Session-Id` that every client of the context shares (the seeds' schema), with a
+/// sliding TTL. Server names never contain `:`; context keys may.
+pub fn upstream_session(server: &str, context: &str) -> String {
+    format!("{PREFIX}upstream:session:{server}:{context}")
+}
+
+pub const UPSTREAM_SESSION_PATTERN: &str = "mcp:upstream:session:*";
+
+/// `(server_name, context_key)` of an upstream session key.
+pub fn parse_upstream_session(key: &str) -> Option<(&str, &str)> {
+    key.strip_prefix(&UPSTREAM_SESSION_PATTERN[..UPSTREAM_SESSION_PATTERN.len() - 1])?
+        .split_once(':')
+}
+
 pub const HUB_KEY_PATTERN: &str = "mcp:hub:key:*";
 
 /// Scan patterns for the admin API.
@@ -57,6 +76,13 @@ mod tests {
         assert_eq!(super::lock("recover:abc"), "mcp:lock:recover:abc");
         assert!(super::session("x")
             .starts_with(&super::SESSION_PATTERN[..super::SESSION_PATTERN.len() - 1]));
+        let k = super::upstream_session("demo", "tok:A,B:abc");
+        assert_eq!(k, "mcp:upstream:session:demo:tok:A,B:abc");
+        assert_eq!(
+            super::parse_upstream_session(&k),
+            Some(("demo", "tok:A,B:abc"))
+        );
+        assert_eq!(super::parse_upstream_session("mcp:session:x"), None);
         assert!(super::pod("x").starts_with(&super::POD_PATTERN[..super::POD_PATTERN.len() - 1]));
     }
 }

@@ -1,7 +1,7 @@
 //! In-process store for single-pod mode: maps with deadlines. Expired entries vanish on read
 //! and are swept on write, so the maps cannot grow with dead entries.
 
-use super::{Backend, PodInfo, SessionRecord, SessionStore, StoreError};
+use super::{keys, Backend, PodInfo, SessionRecord, SessionStore, StoreError, UpstreamSession};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -63,6 +63,7 @@ struct Inner {
     sessions: TtlMap<SessionRecord>,
     pods: TtlMap<String>,
     locks: TtlMap<String>,
+    upstream: TtlMap<String>,
 }
 
 impl Default for MemoryStore {
@@ -78,6 +79,7 @@ impl MemoryStore {
                 sessions: TtlMap::new(),
                 pods: TtlMap::new(),
                 locks: TtlMap::new(),
+                upstream: TtlMap::new(),
             }),
         }
     }
@@ -213,6 +215,73 @@ impl SessionStore for MemoryStore {
         }
         Ok(())
     }
+    async fn get_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let now = Instant::now();
+        let key = keys::upstream_session(server, context);
+        let mut inner = self.lock();
+        Ok(inner.upstream.live(&key, now).map(|(sid, expires)| {
+            *expires = now + ttl;
+            sid.clone()
+        }))
+    }
+
+    async fn set_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let key = keys::upstream_session(server, context);
+        self.lock()
+            .upstream
+            .insert(&key, session_id.to_string(), ttl, now);
+        Ok(())
+    }
+
+    async fn delete_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        only_if: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let now = Instant::now();
+        let key = keys::upstream_session(server, context);
+        let mut inner = self.lock();
+        let holds = match inner.upstream.live(&key, now) {
+            Some((sid, _)) => only_if.is_none_or(|want| want == sid),
+            None => false,
+        };
+        if holds {
+            inner.upstream.remove(&key, now);
+        }
+        Ok(holds)
+    }
+
+    async fn list_upstream_sessions(&self) -> Result<Vec<UpstreamSession>, StoreError> {
+        let now = Instant::now();
+        let inner = self.lock();
+        Ok(inner
+            .upstream
+            .all(now)
+            .filter_map(|(key, sid, ttl)| {
+                let (server, context) = keys::parse_upstream_session(key)?;
+                Some(UpstreamSession {
+                    server_name: server.to_string(),
+                    context_key: context.to_string(),
+                    session_id: sid.clone(),
+                    ttl: Some(ttl),
+                })
+            })
+            .collect())
+    }
+
     async fn hub_key(
         &self,
         _digest: &str,
@@ -237,6 +306,7 @@ mod tests {
             init_params: Some("{}".into()),
             created_at: 1,
             last_seen: 1,
+            ..Default::default()
         }
     }
 

@@ -58,7 +58,7 @@ impl Transport {
 }
 
 /// One MCP session as the sidecars share it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SessionRecord {
     /// The id the client holds (what it sends in `Mcp-Session-Id`).
     pub session_id: String,
@@ -73,12 +73,27 @@ pub struct SessionRecord {
     pub protocol_version: Option<String>,
     /// The client's `initialize` params as raw JSON, replayed on recovery.
     pub init_params: Option<String>,
+    /// A client session of a `session_mode: shared` route: the context whose shared upstream
+    /// session serves it (`upstream_session_id` is then unused).
+    pub context: Option<String>,
+    /// A shared upstream session's InitializeResult, which the sidecar answers later clients'
+    /// `initialize` with.
+    pub init_result: Option<String>,
     /// Unix seconds.
     pub created_at: u64,
     pub last_seen: u64,
 }
 
 /// A live sidecar as registered by its heartbeat.
+/// One shared upstream session: `mcp:upstream:session:{server_name}:{context_key}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamSession {
+    pub server_name: String,
+    pub context_key: String,
+    pub session_id: String,
+    pub ttl: Option<Duration>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PodInfo {
     /// Advertised (peer) address.
@@ -170,6 +185,34 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn unlock(&self, name: &str, token: &str) -> Result<(), StoreError>;
     /// The key registry hash `mcp:hub:key:<digest>` (fields in `crate::hub::user::field`).
     /// The in-process store has no registry: hub keys then come from the static key file.
+    /// The shared upstream session of a context, sliding its TTL.
+    async fn get_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError>;
+
+    async fn set_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes a context's upstream session; with `only_if`, only while it still names that
+    /// session (a re-establish must not delete the one another pod just made). Whether a key
+    /// was deleted.
+    async fn delete_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        only_if: Option<&str>,
+    ) -> Result<bool, StoreError>;
+
+    async fn list_upstream_sessions(&self) -> Result<Vec<UpstreamSession>, StoreError>;
+
     async fn hub_key(
         &self,
         digest: &str,

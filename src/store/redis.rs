@@ -3,7 +3,9 @@
 //! Redis outage degrades the sidecar instead of hanging requests.
 
 use super::keys::{self, session_field as f};
-use super::{Backend, PodInfo, SessionRecord, SessionStore, StoreError, Transport};
+use super::{
+    Backend, PodInfo, SessionRecord, SessionStore, StoreError, Transport, UpstreamSession,
+};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -28,6 +30,16 @@ static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| {
 
 /// Releases a lock only for the holder that took it.
 static UNLOCK: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then
+            return redis.call('DEL', KEYS[1])
+          end
+          return 0",
+    )
+});
+
+/// Deletes a key only while it holds the given value.
+static DELETE_IF: LazyLock<redis::Script> = LazyLock::new(|| {
     redis::Script::new(
         r"if redis.call('GET', KEYS[1]) == ARGV[1] then
             return redis.call('DEL', KEYS[1])
@@ -169,6 +181,8 @@ impl SessionStore for RedisStore {
             (f::USER, &r.user),
             (f::PROTOCOL_VERSION, &r.protocol_version),
             (f::INIT_PARAMS, &r.init_params),
+            (f::CONTEXT, &r.context),
+            (f::INIT_RESULT, &r.init_result),
         ] {
             if let Some(v) = value {
                 fields.push((name, v.clone()));
@@ -365,6 +379,94 @@ impl SessionStore for RedisStore {
         .await
     }
 
+    async fn get_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        ttl: Duration,
+    ) -> Result<Option<String>, StoreError> {
+        let key = keys::upstream_session(server, context);
+        self.run("get_upstream_session", |mut c| async move {
+            redis::cmd("GETEX")
+                .arg(key)
+                .arg("PX")
+                .arg(ttl_millis(ttl))
+                .query_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn set_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        session_id: &str,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let key = keys::upstream_session(server, context);
+        let sid = session_id.to_string();
+        self.run("set_upstream_session", |mut c| async move {
+            c.pset_ex::<_, _, ()>(key, sid, ttl_millis(ttl)).await
+        })
+        .await
+    }
+
+    async fn delete_upstream_session(
+        &self,
+        server: &str,
+        context: &str,
+        only_if: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let key = keys::upstream_session(server, context);
+        let only_if = only_if.map(str::to_string);
+        let n: i64 = self
+            .run("delete_upstream_session", |mut c| async move {
+                match only_if {
+                    Some(sid) => DELETE_IF.key(key).arg(sid).invoke_async(&mut c).await,
+                    None => c.del(key).await,
+                }
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn list_upstream_sessions(&self) -> Result<Vec<UpstreamSession>, StoreError> {
+        let rows: Vec<(String, Option<String>, i64)> = self
+            .run("list_upstream_sessions", |mut c| async move {
+                let keys = scan_keys(&mut c, keys::UPSTREAM_SESSION_PATTERN).await?;
+                let mut rows = Vec::with_capacity(keys.len());
+                for chunk in keys.chunks(SCAN_COUNT) {
+                    let mut pipe = redis::pipe();
+                    for k in chunk {
+                        pipe.get(k).pttl(k);
+                    }
+                    let answers: Vec<(Option<String>, i64)> = pipe.query_async(&mut c).await?;
+                    rows.extend(
+                        chunk
+                            .iter()
+                            .cloned()
+                            .zip(answers)
+                            .map(|(k, (v, t))| (k, v, t)),
+                    );
+                }
+                Ok(rows)
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(key, sid, ms)| {
+                let (server, context) = keys::parse_upstream_session(&key)?;
+                Some(UpstreamSession {
+                    server_name: server.to_string(),
+                    context_key: context.to_string(),
+                    session_id: sid?,
+                    ttl: pttl(ms),
+                })
+            })
+            .collect())
+    }
+
     async fn try_lock(&self, name: &str, token: &str, ttl: Duration) -> Result<bool, StoreError> {
         let key = keys::lock(name);
         let token = token.to_string();
@@ -420,6 +522,8 @@ fn record_from_hash(
         user: map.remove(f::USER),
         protocol_version: map.remove(f::PROTOCOL_VERSION),
         init_params: map.remove(f::INIT_PARAMS),
+        context: map.remove(f::CONTEXT),
+        init_result: map.remove(f::INIT_RESULT),
         created_at,
         last_seen,
     })
