@@ -61,6 +61,11 @@ pub async fn post(
                 break;
             }
             raw.extend_from_slice(&buf[..n]);
+            // a server may keep the connection open despite `Connection: close` (Express does
+            // for SSE answers): stop at the end of the framed body
+            if is_complete(&raw) {
+                break;
+            }
         }
         parse(&raw)
     };
@@ -110,6 +115,31 @@ fn parse(raw: &[u8]) -> std::io::Result<Answer> {
     })
 }
 
+/// Whether `raw` holds a whole response: its head and a body complete by Content-Length or
+/// chunked framing. Unframed bodies end with the connection.
+fn is_complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let Ok(head) = std::str::from_utf8(&raw[..end]) else {
+        return false;
+    };
+    let body = &raw[end + 4..];
+    let mut length = None;
+    for (name, value) in head.split("\r\n").skip(1).filter_map(|l| l.split_once(':')) {
+        let (name, value) = (name.trim(), value.trim());
+        if name.eq_ignore_ascii_case("transfer-encoding") && value.eq_ignore_ascii_case("chunked") {
+            let mut decoder = Chunked::default();
+            let mut sink = Vec::new();
+            return decoder.decode(body, &mut sink).is_ok() && decoder.is_done();
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            length = value.parse::<usize>().ok();
+        }
+    }
+    length.is_some_and(|n| body.len() >= n)
+}
+
 /// Decodes chunked transfer coding as far as it is complete and valid.
 fn dechunk(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len());
@@ -132,6 +162,22 @@ mod tests {
         let a = parse(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n").unwrap();
         assert_eq!(a.status, 404);
         assert_eq!(a.body, b"hello world");
+    }
+
+    #[test]
+    fn a_framed_answer_is_complete_without_waiting_for_the_connection_to_close() {
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+        assert!(!is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{"
+        ));
+        assert!(is_complete(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+        ));
+        let sse = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+        assert!(!is_complete(sse));
+        assert!(is_complete(&[&sse[..], b"0\r\n\r\n"].concat()));
+        // no framing: the connection's end is the body's end
+        assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\ndata"));
     }
 
     #[test]
