@@ -130,7 +130,15 @@ impl Sidecar {
         let (upstream_sid, target) = loop {
             let usid = self
                 .shared
-                .upstream(&route, &path, &context, &init, &extra, stale.as_deref())
+                .upstream(
+                    &route,
+                    &path,
+                    &context,
+                    &init,
+                    &extra,
+                    stale.as_deref(),
+                    true,
+                )
                 .await
                 .map_err(unavailable)?;
             let decision = if ctx.from_peer {
@@ -163,10 +171,10 @@ impl Sidecar {
         ctx.session = Some(SessionCtx {
             client_sid: sid.clone(),
             upstream_sid,
-            via: if stale.is_some() {
-                "re-established"
-            } else {
-                "shared"
+            via: match (&target, stale.is_some()) {
+                (Target::Owner(_), _) => "forwarded",
+                (Target::Upstream, true) => "re-established",
+                (Target::Upstream, false) => "shared",
             },
             target: target.clone(),
             retried: false,
@@ -242,7 +250,7 @@ impl Sidecar {
         };
         let mut usid = self
             .shared
-            .upstream(&route, &path, &context, &init, &extra, None)
+            .upstream(&route, &path, &context, &init, &extra, None, false)
             .await
             .map_err(unavailable)?;
         let mut result = self.shared.init_result(&usid).await;
@@ -250,7 +258,7 @@ impl Sidecar {
             // the key names a session whose record is gone: make a new one
             usid = self
                 .shared
-                .upstream(&route, &path, &context, &init, &extra, Some(&usid))
+                .upstream(&route, &path, &context, &init, &extra, Some(&usid), false)
                 .await
                 .map_err(unavailable)?;
             result = self.shared.init_result(&usid).await;
@@ -401,7 +409,7 @@ impl Sidecar {
         let stale = s.upstream_sid.clone();
         let usid = self
             .shared
-            .upstream(&route, &path, &context, &init, &extra, Some(&stale))
+            .upstream(&route, &path, &context, &init, &extra, Some(&stale), true)
             .await
             .map_err(|e| e.to_string())?;
         let s = ctx.session.as_mut().expect("checked above");

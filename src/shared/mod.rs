@@ -156,7 +156,9 @@ impl Shared {
 
     /// The context's upstream session; established here when there is none. `stale`: the one
     /// that just failed (forgotten upstream, owner gone); a different one is used, or a new
-    /// one made.
+    /// one made. `had_one`: the caller is a client of the context already, so a missing
+    /// session (deleted through the admin API, expired) is re-established.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upstream(
         &self,
         route: &Route,
@@ -165,6 +167,7 @@ impl Shared {
         init: &InitSource<'_>,
         extra: &[Injected],
         stale: Option<&str>,
+        had_one: bool,
     ) -> Result<String, SharedError> {
         let server = route.server_name.as_str();
         if let Some(old) = stale {
@@ -206,7 +209,7 @@ impl Shared {
                     let result = match usable(&now) {
                         Some(sid) => Ok(sid),
                         None => {
-                            self.establish(route, path, context, init, extra, stale)
+                            self.establish(route, path, context, init, extra, stale, had_one)
                                 .await
                         }
                     };
@@ -222,7 +225,7 @@ impl Shared {
                 // without the store there is no one to coordinate with
                 Err(_) => {
                     return self
-                        .establish(route, path, context, init, extra, stale)
+                        .establish(route, path, context, init, extra, stale, had_one)
                         .await
                 }
                 Ok(false) => {}
@@ -244,6 +247,7 @@ impl Shared {
     }
 
     /// Initializes a new upstream session on this pod's MCP server and publishes it.
+    #[allow(clippy::too_many_arguments)]
     async fn establish(
         &self,
         route: &Route,
@@ -252,6 +256,7 @@ impl Shared {
         init: &InitSource<'_>,
         extra: &[Injected],
         stale: Option<&str>,
+        had_one: bool,
     ) -> Result<String, SharedError> {
         let started = Instant::now();
         let body = format!(
@@ -315,7 +320,7 @@ impl Shared {
             warn!("shared upstream session {sid} could not be saved to the store: {e}");
         }
         let took = started.elapsed().as_millis();
-        match stale {
+        match stale.or(had_one.then_some("(deleted or expired)")) {
             Some(old) => {
                 METRICS
                     .shared_sessions
