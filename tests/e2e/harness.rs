@@ -447,6 +447,14 @@ pub fn python_client_outcome_via(
     }
 }
 
+/// N concurrent official Python clients in one process (tests/peers/mux_client.py), each with
+/// its own session and colliding request ids; what they got, as JSON.
+pub fn mux_client(url: &str, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(python());
+    cmd.arg(peers().join("mux_client.py")).arg(url).args(args);
+    run_client(cmd, "python mux client")
+}
+
 /// A Python client that stops after `pause_after` calls until `resume()` is called, so a test
 /// can break things in the middle of a live session.
 pub struct PausedClient {

@@ -11,5 +11,6 @@ mod hub;
 mod legacy;
 mod pods;
 mod redis_mode;
+mod shared;
 mod store_redis;
 mod streaming;

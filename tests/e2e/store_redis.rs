@@ -16,6 +16,7 @@ fn record(id: &str) -> SessionRecord {
         init_params: Some(r#"{"protocolVersion":"2025-06-18","capabilities":{}}"#.into()),
         created_at: 1_700_000_000,
         last_seen: 1_700_000_000,
+        ..Default::default()
     }
 }
 

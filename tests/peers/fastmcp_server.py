@@ -7,6 +7,7 @@ Tools report what the server saw, so tests assert on the upstream's view, not th
 import argparse
 import asyncio
 import json
+import random
 import time
 
 from mcp.server.fastmcp import Context, FastMCP
@@ -20,6 +21,9 @@ parser.add_argument("--host", default="127.0.0.1")
 parser.add_argument("--transport", default="streamable-http", choices=["streamable-http", "sse"])
 parser.add_argument("--name", default="test-server")
 parser.add_argument("--json-response", action="store_true", help="answer POSTs with JSON, not SSE")
+parser.add_argument(
+    "--echo-delay", type=float, default=0.05, help="slow_echo sleeps a random 0..SECONDS before answering"
+)
 parser.add_argument(
     "--capture", default="", help="append every request (head, then body) received to this JSONL file"
 )
@@ -62,6 +66,25 @@ calls_per_session: dict[int, int] = {}
 @mcp.tool()
 def echo(text: str) -> str:
     """Return the text unchanged."""
+    return text
+
+
+@mcp.tool()
+async def slow_echo(text: str) -> str:
+    """Return the text unchanged after a random pause of up to --echo-delay seconds, so answers
+    to concurrent calls come back out of order."""
+    await asyncio.sleep(random.uniform(0, args.echo_delay))
+    return text
+
+
+@mcp.tool()
+async def progress_echo(text: str, ctx: Context) -> str:
+    """Report progress 3 times (each carrying the text as its message, so the client can tell
+    which call a notification belongs to), then return the text unchanged."""
+    for i in range(1, 4):
+        if i > 1:
+            await asyncio.sleep(random.uniform(0, 0.02))
+        await ctx.report_progress(i, 3, message=text)
     return text
 
 

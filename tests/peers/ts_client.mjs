@@ -4,6 +4,8 @@
 //   scenario fastmcp: tools of tests/peers/fastmcp_server.py, session kept open
 //   scenario resume: continue the session SESSIONID without initializing (fastmcp tools)
 //   scenario sampling: server-everything asks this client to sample; the answer goes back
+//   scenario watch: connect, list tools, then stay WATCH_MS (default 4000) counting sampling
+//     requests that reach this client (none should: it caused none)
 // Prints one JSON object describing what the client saw; exits non-zero on any failure.
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { SSEClientTransport } from "@modelcontextprotocol/sdk/client/sse.js";
@@ -61,6 +63,10 @@ try {
     });
     out.sampled = sampled;
     out.result = JSON.stringify(r.content);
+  } else if (scenario === "watch") {
+    out.tools = (await client.listTools()).tools.length;
+    await new Promise((done) => setTimeout(done, Number(process.env.WATCH_MS ?? 4000)));
+    out.sampled = sampled;
   }
   await client.close();
   console.log(JSON.stringify(out));
