@@ -13,8 +13,9 @@ use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::{json, Value};
 
-/// The ids of the sidecar's own list requests: `mcp-sidecar-offerings-tools`, … Distinct
-/// per list, since they run at once on one session and servers key answers by request id.
+/// The ids of the sidecar's own list requests: `mcp-sidecar-offerings-tools-<uuid>`, …
+/// Distinct per list and per call, since they run at once on one session (shared by many
+/// clients on `session_mode: shared` routes) and servers key answers by request id.
 const LIST_ID: &str = "mcp-sidecar-offerings";
 /// Pages followed per list at most (a server that keeps handing out cursors cannot hold the
 /// request forever).
@@ -57,7 +58,7 @@ impl Sidecar {
     ) -> Result<Vec<Value>, String> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
-        let id = format!("{LIST_ID}-{field}");
+        let id = format!("{LIST_ID}-{field}-{}", uuid::Uuid::new_v4().simple());
         for _ in 0..MAX_PAGES {
             let params = match &cursor {
                 Some(c) => json!({ "cursor": c }),

@@ -122,7 +122,7 @@ impl fmt::Display for RecoveryError {
 
 /// Ids the sidecar uses for its own JSON-RPC requests, so they never collide with a client's.
 const RECOVERY_ID: &str = "\"mcp-sidecar-recovery\"";
-const PROBE_ID: &str = "\"mcp-sidecar-probe\"";
+const PROBE_ID: &str = "mcp-sidecar-probe";
 
 /// The session layer, shared by all requests and the heartbeat.
 pub struct Sessions {
@@ -603,7 +603,11 @@ impl Sessions {
         protocol_version: Option<&str>,
         extra: &[Injected],
     ) -> bool {
-        let body = format!(r#"{{"jsonrpc":"2.0","id":{PROBE_ID},"method":"ping"}}"#);
+        // unique per probe: concurrent probes of one (shared) session must not collide
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":"{PROBE_ID}-{}","method":"ping"}}"#,
+            uuid::Uuid::new_v4().simple()
+        );
         match self
             .call_upstream(
                 route,
