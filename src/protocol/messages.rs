@@ -87,7 +87,7 @@ pub fn edit_json(body: &[u8], edit: &mut Edit) -> Option<Vec<u8>> {
 }
 
 /// The end of the first complete SSE event in `buf` (past its blank line).
-fn event_end(buf: &[u8]) -> Option<usize> {
+pub fn event_end(buf: &[u8]) -> Option<usize> {
     let mut i = 0;
     while let Some(off) = buf[i..].iter().position(|&b| b == b'\n') {
         let nl = i + off;

@@ -9,15 +9,18 @@ use crate::hub::filter::filter_message;
 use crate::metrics::METRICS;
 use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
+use crate::shared::fanout;
 use crate::shared::mux::MuxError;
 use crate::shared::{context_key, InitSource};
 use crate::store::{unix_now, SessionRecord, Transport};
 use bytes::Bytes;
-use log::info;
+use log::{info, warn};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::Session;
 use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 
 /// What routing a shared route's request came to.
 pub(super) enum SharedStep {
@@ -96,16 +99,6 @@ impl Sidecar {
             self.answer(session, ctx, 200, None, &sid).await.ok();
             return Ok(SharedStep::Answered);
         }
-        if method == http::Method::GET {
-            // one standalone stream per upstream session cannot be split among clients: say
-            // there is none, which the spec allows and the SDKs accept
-            METRICS
-                .shared_requests
-                .with_label_values(&[label, "answered_here"])
-                .inc();
-            self.answer(session, ctx, 405, None, &sid).await.ok();
-            return Ok(SharedStep::Answered);
-        }
         if ctx.envelope.as_ref().and_then(|e| e.method()) == Some("notifications/initialized")
             && matches!(
                 ctx.envelope,
@@ -180,6 +173,29 @@ impl Sidecar {
             retried: false,
             legacy: false,
         });
+        if method == http::Method::GET {
+            if target != Target::Upstream {
+                // the owner pod fans its stream out
+                return Ok(SharedStep::Proxy);
+            }
+            METRICS
+                .shared_requests
+                .with_label_values(&[label, "answered_here"])
+                .inc();
+            let upstream_sid = ctx.session.as_ref().map(|s| s.upstream_sid.clone());
+            let fan = fanout::Target {
+                route: &route,
+                path: &path,
+                upstream_sid: upstream_sid.as_deref().unwrap_or_default(),
+                protocol_version: record.protocol_version.as_deref(),
+                headers: extra
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_string(), v.clone()))
+                    .collect(),
+            };
+            self.stream_shared(session, ctx, fan, &sid).await?;
+            return Ok(SharedStep::Answered);
+        }
         if target == Target::Upstream {
             METRICS.shared_in_flight.inc();
             ctx.mux_active = true;
@@ -188,6 +204,68 @@ impl Sidecar {
             }
         }
         Ok(SharedStep::Proxy)
+    }
+
+    /// A client's GET stream on a shared session: the session's one upstream GET stream, fanned
+    /// out to every client holding one.
+    async fn stream_shared(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        target: fanout::Target<'_>,
+        sid: &str,
+    ) -> Result<(), Refusal> {
+        let timeout = self.sessions.settings.recovery_timeout;
+        let mut rx = match self.shared.fanouts.subscribe(target, timeout).await {
+            fanout::Opened::Stream(rx) => rx,
+            fanout::Opened::Refused(_) => {
+                // the server offers no GET stream: neither do we
+                self.answer(session, ctx, 405, None, sid).await.ok();
+                return Ok(());
+            }
+            fanout::Opened::Unreachable(e) => return Err(unavailable(e)),
+        };
+        let write = async {
+            let mut resp = ResponseHeader::build(200, Some(6))?;
+            resp.insert_header("content-type", "text/event-stream")?;
+            resp.insert_header("cache-control", "no-cache")?;
+            resp.insert_header("x-accel-buffering", "no")?;
+            resp.insert_header("transfer-encoding", "chunked")?;
+            resp.insert_header(MCP_SESSION_ID, sid)?;
+            resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
+            ctx.apply_cors(&mut resp);
+            session.set_keepalive(None);
+            session.write_response_header(Box::new(resp), false).await?;
+            let keepalive = Some(self.sessions.settings.sse_keepalive).filter(|k| !k.is_zero());
+            let quiet = keepalive.unwrap_or(Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Ok(e) => {
+                            if session.write_response_body(Some(e), false).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(RecvError::Lagged(n)) => {
+                            warn!("request_id={} session {sid}: GET stream fell {n} events behind; they are lost", ctx.request_id);
+                        }
+                        Err(RecvError::Closed) => break,
+                    },
+                    _ = tokio::time::sleep(quiet), if keepalive.is_some() => {
+                        let keep = Bytes::from_static(b": keep-alive\n\n");
+                        if session.write_response_body(Some(keep), false).await.is_err() {
+                            break;
+                        }
+                    },
+                    // the client hung up
+                    _ = session.downstream_session.read_body_or_idle(true) => break,
+                }
+            }
+            let _ = session.write_response_body(None, true).await;
+            Ok::<(), Box<pingora::Error>>(())
+        };
+        write.await.map_err(|e| unavailable(e.to_string()))?;
+        Ok(())
     }
 
     /// Rewrites a complete body for the shared session (ids unique in it).

@@ -17,6 +17,7 @@
 //!   was deleted (admin API), the next request initializes a new one (logged
 //!   "re-established") and goes on; clients keep their session ids.
 
+pub mod fanout;
 pub mod mux;
 
 use crate::hub::policy::RoutePolicy;
@@ -100,6 +101,7 @@ impl fmt::Display for SharedError {
 /// The shared layer of one sidecar.
 pub struct Shared {
     pub mux: mux::Mux,
+    pub fanouts: Arc<fanout::Fanouts>,
     sessions: Arc<Sessions>,
     ttl: Duration,
     /// (server, context) → (upstream session id, when last read from the store).
@@ -110,6 +112,7 @@ impl Shared {
     pub fn new(sessions: Arc<Sessions>, ttl: Duration) -> Shared {
         Shared {
             mux: mux::Mux::new(),
+            fanouts: Arc::new(fanout::Fanouts::default()),
             sessions,
             ttl,
             known: Mutex::new(HashMap::new()),

@@ -905,7 +905,7 @@ impl RoundRobin {
         fs::write(
             &conf,
             format!(
-                "{process}\ndaemon off;\nerror_log {root}/error.log{level};\npid {root}/nginx.pid;\nevents {{}}\nhttp {{\n  access_log off;\n{keepalive}  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
+                "{process}\ndaemon off;\nerror_log {root}/error.log{level};\npid {root}/nginx.pid;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n{keepalive}  client_body_temp_path {root}/tmp;\n  proxy_temp_path {root}/tmp;\n  upstream pods {{\n{servers}  }}\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{\n      proxy_pass http://pods;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host 127.0.0.1:$server_port;\n      proxy_buffering off;\n      proxy_request_buffering off;\n      proxy_read_timeout 3600s;\n      proxy_next_upstream error;\n    }}\n  }}\n}}\n",
                 root = root.display()
             ),
         )

@@ -3,7 +3,7 @@
 //! mix answers up.
 
 use crate::harness::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -190,7 +190,7 @@ async fn two_hundred_clients_with_colliding_ids_get_only_their_own_answers_on_on
     assert_eq!(stored, sid);
     let logs = c.logs();
     assert_eq!(
-        logs.matches("shared upstream session ").count(),
+        logs.matches(" established for demo context shared").count(),
         1,
         "established once"
     );
@@ -425,8 +425,60 @@ fn a_sampling_request_reaches_only_the_client_that_caused_it() {
     // one upstream session served them all
     let logs: String = pods.iter().map(|(_, s)| s.log()).collect();
     assert_eq!(
-        logs.matches("shared upstream session ").count(),
+        logs.matches(" established for everything context shared")
+            .count(),
         1,
         "{logs}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_upstream_get_stream_fans_out_to_every_client_holding_one() {
+    let c = SharedPods::start("shared-fanout", 2, "", false);
+    let http = reqwest::Client::new();
+    let (url_a, url_b) = (c.pods[0].1.url("/mcp"), c.pods[1].1.url("/mcp"));
+    // two clients, on different pods; one of their GET streams is forwarded to the owner
+    let a = open_session(&http, &url_a).await;
+    let b = open_session(&http, &url_b).await;
+    assert_ne!(a, b);
+    let get = |url: String, sid: String| {
+        let http = http.clone();
+        async move {
+            let resp = http
+                .get(&url)
+                .header("accept", "text/event-stream")
+                .header("mcp-session-id", &sid)
+                .header("mcp-protocol-version", "2025-06-18")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            assert_eq!(resp.headers()["mcp-session-id"], sid.as_str());
+            SseReader::new(resp)
+        }
+    };
+    let mut stream_a = get(url_a.clone(), a.clone()).await;
+    let mut stream_b = get(url_b.clone(), b.clone()).await;
+    // a notification that belongs to no request travels on the upstream's GET stream
+    let sent = call_tool(&http, &url_a, &a, "notify_resources_changed", json!({})).await;
+    assert_eq!(sent, "sent");
+    for (name, stream) in [("a", &mut stream_a), ("b", &mut stream_b)] {
+        let (msg, _) = tokio::time::timeout(Duration::from_secs(10), stream.next_json())
+            .await
+            .unwrap_or_else(|_| panic!("client {name} got no event"))
+            .unwrap();
+        assert_eq!(
+            msg["method"], "notifications/resources/list_changed",
+            "{name}"
+        );
+    }
+    // the upstream saw one GET stream, on the shared session
+    let captured = c.captured();
+    let gets = captured
+        .iter()
+        .filter(|r| r["kind"] == "head" && r["method"] == "GET")
+        .count();
+    assert_eq!(gets, 1);
+    let (sessions, inits) = upstream_view(&captured);
+    assert_eq!((sessions.len(), inits), (1, 1));
 }
