@@ -88,6 +88,27 @@ impl Sidecar {
             .expect("shared clients have a context");
         let label = route.server_name.as_str();
         if method == http::Method::DELETE {
+            // the pod that opened the client session keeps it in its local table: it ends it
+            // there, so it ends everywhere
+            let me = &self.sessions.settings.me;
+            if !ctx.from_peer
+                && record.owner != *me
+                && matches!(
+                    self.sessions.store().pod_alive(&record.owner).await,
+                    Ok(true)
+                )
+            {
+                ctx.shared_context = Some(context);
+                ctx.session = Some(SessionCtx {
+                    client_sid: sid.clone(),
+                    upstream_sid: sid.clone(),
+                    via: "forwarded",
+                    target: Target::Owner(record.owner.clone()),
+                    retried: true,
+                    legacy: false,
+                });
+                return Ok(SharedStep::Proxy);
+            }
             // the client's session ends; the shared upstream session stays for the others
             if let Err(e) = self.sessions.forget(&sid).await {
                 return Err(Refusal::new(503, code::SERVER_ERROR, e.to_string()));

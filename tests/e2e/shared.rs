@@ -481,4 +481,28 @@ async fn the_upstream_get_stream_fans_out_to_every_client_holding_one() {
     assert_eq!(gets, 1);
     let (sessions, inits) = upstream_view(&captured);
     assert_eq!((sessions.len(), inits), (1, 1));
+
+    // a client's DELETE, on whichever pod, ends its session everywhere (not the shared one)
+    let resp = http
+        .delete(&url_b)
+        .header("mcp-session-id", &a)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for url in [&url_a, &url_b] {
+        let resp = session_post(
+            &http,
+            url,
+            &a,
+            r#"{"jsonrpc":"2.0","id":9,"method":"ping"}"#,
+        )
+        .await;
+        assert_eq!(resp.status(), 404, "{url}");
+    }
+    assert_eq!(
+        call_tool(&http, &url_a, &b, "echo", json!({"text": "still here"})).await,
+        "still here"
+    );
+    assert_eq!(c.upstream_sessions().await.len(), 1);
 }
