@@ -11,7 +11,7 @@ use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
 use crate::shared::fanout;
 use crate::shared::mux::MuxError;
-use crate::shared::{context_key, InitSource};
+use crate::shared::{context_key, InitSource, Need};
 use crate::store::{unix_now, SessionRecord, Transport};
 use bytes::Bytes;
 use log::{info, warn};
@@ -136,23 +136,21 @@ impl Sidecar {
         }
         let (_, path, _) = upstream_target(session, ctx);
         let extra = self.injected(session, ctx, Some(&sid));
-        let init = InitSource {
-            params: record.init_params.as_deref().unwrap_or("{}"),
-            protocol_version: record.protocol_version.as_deref(),
+        let need = Need {
+            route: &route,
+            path: &path,
+            context: &context,
+            init: InitSource {
+                params: record.init_params.as_deref().unwrap_or("{}"),
+                protocol_version: record.protocol_version.as_deref(),
+            },
+            extra: &extra,
         };
         let mut stale = None;
         let (upstream_sid, target) = loop {
             let usid = self
                 .shared
-                .upstream(
-                    &route,
-                    &path,
-                    &context,
-                    &init,
-                    &extra,
-                    stale.as_deref(),
-                    true,
-                )
+                .upstream(&need, stale.as_deref(), true)
                 .await
                 .map_err(unavailable)?;
             let decision = if ctx.from_peer {
@@ -343,13 +341,19 @@ impl Sidecar {
         let (_, path, _) = upstream_target(session, ctx);
         let sid = uuid::Uuid::new_v4().simple().to_string();
         let extra = self.injected(session, ctx, Some(&sid));
-        let init = InitSource {
-            params: &params,
-            protocol_version: version.as_deref(),
+        let need = Need {
+            route: &route,
+            path: &path,
+            context: &context,
+            init: InitSource {
+                params: &params,
+                protocol_version: version.as_deref(),
+            },
+            extra: &extra,
         };
         let mut usid = self
             .shared
-            .upstream(&route, &path, &context, &init, &extra, None, false)
+            .upstream(&need, None, false)
             .await
             .map_err(unavailable)?;
         let mut result = self.shared.init_result(&usid).await;
@@ -357,7 +361,7 @@ impl Sidecar {
             // the key names a session whose record is gone: make a new one
             usid = self
                 .shared
-                .upstream(&route, &path, &context, &init, &extra, Some(&usid), false)
+                .upstream(&need, Some(&usid), false)
                 .await
                 .map_err(unavailable)?;
             result = self.shared.init_result(&usid).await;
@@ -501,14 +505,20 @@ impl Sidecar {
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the client session is gone")?;
-        let init = InitSource {
-            params: record.init_params.as_deref().unwrap_or("{}"),
-            protocol_version: record.protocol_version.as_deref(),
+        let need = Need {
+            route: &route,
+            path: &path,
+            context: &context,
+            init: InitSource {
+                params: record.init_params.as_deref().unwrap_or("{}"),
+                protocol_version: record.protocol_version.as_deref(),
+            },
+            extra: &extra,
         };
         let stale = s.upstream_sid.clone();
         let usid = self
             .shared
-            .upstream(&route, &path, &context, &init, &extra, Some(&stale), true)
+            .upstream(&need, Some(&stale), true)
             .await
             .map_err(|e| e.to_string())?;
         let s = ctx.session.as_mut().expect("checked above");

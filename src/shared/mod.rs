@@ -76,6 +76,18 @@ pub struct InitSource<'a> {
     pub protocol_version: Option<&'a str>,
 }
 
+/// A request for a context's upstream session: where its MCP server is, and what to
+/// initialize a new one with.
+pub struct Need<'a> {
+    pub route: &'a Route,
+    /// The upstream path the sidecar's own requests go to.
+    pub path: &'a str,
+    pub context: &'a str,
+    pub init: InitSource<'a>,
+    /// The caller's injected headers (its tokens).
+    pub extra: &'a [Injected],
+}
+
 #[derive(Debug)]
 pub enum SharedError {
     Unreachable(std::io::Error),
@@ -123,6 +135,13 @@ impl Shared {
         self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn remember(&self, server: &str, context: &str, sid: &str) {
+        self.known().insert(
+            (server.to_string(), context.to_string()),
+            (sid.to_string(), Instant::now()),
+        );
+    }
+
     /// The context's upstream session as the store has it (read at most once per `RECHECK`,
     /// which also slides its TTL). When the store is down, the last one known.
     pub async fn current(
@@ -161,18 +180,13 @@ impl Shared {
     /// that just failed (forgotten upstream, owner gone); a different one is used, or a new
     /// one made. `had_one`: the caller is a client of the context already, so a missing
     /// session (deleted through the admin API, expired) is re-established.
-    #[allow(clippy::too_many_arguments)]
     pub async fn upstream(
         &self,
-        route: &Route,
-        path: &str,
-        context: &str,
-        init: &InitSource<'_>,
-        extra: &[Injected],
+        need: &Need<'_>,
         stale: Option<&str>,
         had_one: bool,
     ) -> Result<String, SharedError> {
-        let server = route.server_name.as_str();
+        let (server, context) = (need.route.server_name.as_str(), need.context);
         if let Some(old) = stale {
             let _ = self
                 .sessions
@@ -211,35 +225,22 @@ impl Shared {
                         .flatten();
                     let result = match usable(&now) {
                         Some(sid) => Ok(sid),
-                        None => {
-                            self.establish(route, path, context, init, extra, stale, had_one)
-                                .await
-                        }
+                        None => self.establish(need, stale, had_one).await,
                     };
                     let _ = store.unlock(&lock, &token).await;
                     if let Ok(sid) = &result {
-                        self.known().insert(
-                            (server.to_string(), context.to_string()),
-                            (sid.clone(), Instant::now()),
-                        );
+                        self.remember(server, context, sid);
                     }
                     return result;
                 }
                 // without the store there is no one to coordinate with
-                Err(_) => {
-                    return self
-                        .establish(route, path, context, init, extra, stale, had_one)
-                        .await
-                }
+                Err(_) => return self.establish(need, stale, had_one).await,
                 Ok(false) => {}
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
             if let Ok(now) = store.get_upstream_session(server, context, self.ttl).await {
                 if let Some(sid) = usable(&now) {
-                    self.known().insert(
-                        (server.to_string(), context.to_string()),
-                        (sid.clone(), Instant::now()),
-                    );
+                    self.remember(server, context, &sid);
                     return Ok(sid);
                 }
             }
@@ -250,17 +251,19 @@ impl Shared {
     }
 
     /// Initializes a new upstream session on this pod's MCP server and publishes it.
-    #[allow(clippy::too_many_arguments)]
     async fn establish(
         &self,
-        route: &Route,
-        path: &str,
-        context: &str,
-        init: &InitSource<'_>,
-        extra: &[Injected],
+        need: &Need<'_>,
         stale: Option<&str>,
         had_one: bool,
     ) -> Result<String, SharedError> {
+        let Need {
+            route,
+            path,
+            context,
+            init,
+            extra,
+        } = need;
         let started = Instant::now();
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{ESTABLISH_ID},"method":"initialize","params":{}}}"#,

@@ -294,14 +294,28 @@ async fn users_share_an_upstream_session_only_with_the_same_token_values() {
     assert!(seen.len() >= 54, "{}", seen.len());
 }
 
+/// A paused client resumed: all its calls answered, none failed.
+async fn finishes_all_ten_calls(client: PausedClient) {
+    let out = tokio::task::spawn_blocking(move || client.resume())
+        .await
+        .unwrap()
+        .expect("the client continues with no error");
+    assert_eq!(out["add_results"], json!((1..=10).collect::<Vec<i64>>()));
+}
+
+/// The id of the only shared upstream session the admin API lists.
+async fn the_one_upstream_session(c: &SharedPods) -> String {
+    let listed = c.upstream_sessions().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    listed[0]["sessionId"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_shared_session_is_re_established_after_an_admin_delete_and_an_upstream_restart() {
     let mut c = SharedPods::start("shared-reestablish", 2, "", false);
     let url = c.entry.url("/mcp");
     let first = PausedClient::start(&c.dir, &url, 10, 5);
-    let before = c.upstream_sessions().await;
-    assert_eq!(before.len(), 1);
-    let old = before[0]["sessionId"].as_str().unwrap().to_string();
+    let old = the_one_upstream_session(&c).await;
 
     // deleted through the admin API: the next request re-establishes it
     let deleted = admin_api(
@@ -314,17 +328,8 @@ async fn the_shared_session_is_re_established_after_an_admin_delete_and_an_upstr
     assert!(c.upstream_sessions().await.is_empty());
     // pods re-read the key at most once a second
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let out = tokio::task::spawn_blocking(move || first.resume())
-        .await
-        .unwrap()
-        .expect("the client continues with no error");
-    assert_eq!(
-        out["add_results"],
-        serde_json::json!((1..=10).collect::<Vec<i64>>())
-    );
-    let after = c.upstream_sessions().await;
-    assert_eq!(after.len(), 1);
-    let new = after[0]["sessionId"].as_str().unwrap().to_string();
+    finishes_all_ten_calls(first).await;
+    let new = the_one_upstream_session(&c).await;
     assert_ne!(new, old);
     assert!(
         c.logs().contains(&format!(
@@ -357,17 +362,8 @@ async fn the_shared_session_is_re_established_after_an_admin_delete_and_an_upstr
         Transport::StreamableHttp,
         &["--capture", capture.to_str().unwrap()],
     );
-    let out = tokio::task::spawn_blocking(move || second.resume())
-        .await
-        .unwrap()
-        .expect("the client continues with no error");
-    assert_eq!(
-        out["add_results"],
-        serde_json::json!((1..=10).collect::<Vec<i64>>())
-    );
-    let last = c.upstream_sessions().await;
-    assert_eq!(last.len(), 1);
-    let newest = last[0]["sessionId"].as_str().unwrap();
+    finishes_all_ten_calls(second).await;
+    let newest = the_one_upstream_session(&c).await;
     assert_ne!(newest, new);
     assert!(
         c.logs().contains(&format!(
