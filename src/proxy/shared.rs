@@ -454,8 +454,9 @@ impl Sidecar {
             .map(|s| s.client_sid.clone())
             .unwrap_or_default();
         let user = ctx.caller.as_ref().map(|c| c.user.clone());
-        let access = match (ctx.lists_tools, ctx.route.as_ref()) {
-            (true, Some(r)) => r.policy.tools.clone(),
+        let route = ctx.route.clone();
+        let access = match (ctx.lists_tools, route.as_deref()) {
+            (true, Some(r)) => r.policy.tools.as_ref(),
             _ => None,
         };
         let id = ctx
@@ -473,7 +474,7 @@ impl Sidecar {
             None,
             &mut |v| {
                 let mut changed = mux.restore(&client, v);
-                if let Some(a) = &access {
+                if let Some(a) = access {
                     changed |= filter_message(v, &|n| a.allows(user.as_deref(), n));
                 }
                 changed

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 fn shared_route(upstream: &str, server: &str, auth: bool) -> String {
     let hub = if auth {
-        "    auth: required\n    inject_headers:\n      X-MCPHub-GitHub-Token: \"{token.GITHUB_TOKEN}\"\n      X-MCPHub-User-Id: \"{user.id}\"\n"
+        "    auth: required\n    inject_headers:\n      X-MCPHub-GitHub-Token: \"{token.GITHUB_TOKEN}\"\n      X-MCPHub-User-Id: \"{user.id}\"\n    tool_groups:\n      team: [echo, slow_echo]\n"
     } else {
         ""
     };
@@ -214,7 +214,7 @@ async fn users_share_an_upstream_session_only_with_the_same_token_values() {
     std::fs::write(
         &keys_file,
         format!(
-            "keys:\n  - {{key_sha256: {}, user_id: alice, tokens: {{GITHUB_TOKEN: ghp_team_one}}}}\n  - {{key_sha256: {}, user_id: bob, tokens: {{GITHUB_TOKEN: ghp_team_two}}}}\n  - {{key_sha256: {}, user_id: carol, tokens: {{GITHUB_TOKEN: ghp_team_one}}}}\n",
+            "keys:\n  - {{key_sha256: {}, user_id: alice, groups: [team], tokens: {{GITHUB_TOKEN: ghp_team_one}}}}\n  - {{key_sha256: {}, user_id: bob, groups: [team], tokens: {{GITHUB_TOKEN: ghp_team_two}}}}\n  - {{key_sha256: {}, user_id: carol, groups: [team], tokens: {{GITHUB_TOKEN: ghp_team_one}}}}\n",
             digest(&alice),
             digest(&bob),
             digest(&carol)
@@ -234,6 +234,39 @@ async fn users_share_an_upstream_session_only_with_the_same_token_values() {
         .unwrap();
         assert_all_own_answers(&out, 6, 3);
     }
+    // tools/list through the shared session: filtered for the user's groups, and answered with
+    // the client's own id
+    let http = reqwest::Client::new();
+    let resp = mcp_post(&http, &url)
+        .header("authorization", format!("Bearer {alice}"))
+        .body(INITIALIZE)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let sid = resp.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let resp = mcp_post(&http, &url)
+        .header("authorization", format!("Bearer {alice}"))
+        .header("mcp-session-id", &sid)
+        .header("mcp-protocol-version", "2025-06-18")
+        .body(r#"{"jsonrpc":"2.0","id":7,"method":"tools/list"}"#)
+        .send()
+        .await
+        .unwrap();
+    let msgs = messages(&resp.text().await.unwrap());
+    let list = msgs.iter().find(|m| m.get("result").is_some()).unwrap();
+    assert_eq!(list["id"], 7);
+    let names: BTreeSet<&str> = list["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, BTreeSet::from(["echo", "slow_echo"]));
+
     // two contexts: alice and carol (same token value) share one, bob has his own
     let listed = c.upstream_sessions().await;
     assert_eq!(listed.len(), 2, "{listed:?}");
