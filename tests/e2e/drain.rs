@@ -33,11 +33,7 @@ async fn sigterm_under_load_moves_sessions_at_once_and_fails_no_request() {
         "session: {pod_ttl: 120s, heartbeat_interval: 1s}\n",
         Transport::StreamableHttp,
     );
-    let backends = |pods: &[Pod]| -> Vec<String> {
-        pods.iter()
-            .map(|p| format!("{}:{}", p.sidecar.ip, p.sidecar.port))
-            .collect()
-    };
+    let backends = |pods: &[Pod]| backends(pods.iter().map(|p| &p.sidecar));
     // the Service: it drops pod 0's endpoint once its readiness fails, as Kubernetes does
     c.entry = RoundRobin::start_reloadable(&c.dir, &backends(&c.pods));
     let url = c.entry.url("/mcp");

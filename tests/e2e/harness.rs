@@ -841,6 +841,53 @@ impl Pod {
     }
 }
 
+/// The `ip:port` of each sidecar, for a load balancer in front of them.
+pub fn backends<'a>(sidecars: impl IntoIterator<Item = &'a Sidecar>) -> Vec<String> {
+    sidecars
+        .into_iter()
+        .map(|s| format!("{}:{}", s.ip, s.port))
+        .collect()
+}
+
+/// Every record the capturing upstreams (`fastmcp_server.py --capture FILE`) wrote.
+pub fn read_captures<'a>(files: impl IntoIterator<Item = &'a PathBuf>) -> Vec<serde_json::Value> {
+    files
+        .into_iter()
+        .flat_map(|c| {
+            fs::read_to_string(c)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `n` pods of server-everything, each behind a sidecar on its own loopback address, sharing
+/// `redis`; `route` makes the sidecar's route entry from the server's `/mcp` URL.
+pub fn everything_pods(
+    dir: &Path,
+    redis: &Redis,
+    n: usize,
+    route: &dyn Fn(&str) -> String,
+) -> Vec<(Everything, Sidecar)> {
+    (1..=n)
+        .map(|i| {
+            let upstream = Everything::start(dir, Transport::StreamableHttp);
+            let sidecar = Sidecar::start_on(
+                dir,
+                &format!("127.0.0.{i}"),
+                &format!(
+                    "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{}",
+                    redis.url(),
+                    route(&format!("{}/mcp", upstream.base()))
+                ),
+            );
+            (upstream, sidecar)
+        })
+        .collect()
+}
+
 /// nginx balancing request by request, round robin, over `backends` (`ip:port`): the
 /// Kubernetes Service in front of the pods, at its most unfavourable for sticky sessions. A
 /// backend that refuses connections is skipped, as a Service drops a dead pod's endpoint.
@@ -999,13 +1046,7 @@ impl Cluster {
                 )
             })
             .collect();
-        let entry = RoundRobin::start(
-            &dir,
-            &pods
-                .iter()
-                .map(|p| format!("{}:{}", p.sidecar.ip, p.sidecar.port))
-                .collect::<Vec<_>>(),
-        );
+        let entry = RoundRobin::start(&dir, &backends(pods.iter().map(|p| &p.sidecar)));
         Cluster {
             dir,
             redis,

@@ -109,13 +109,7 @@ impl Hub {
                 (up, sidecar, capture)
             })
             .collect();
-        let entry = RoundRobin::start(
-            &dir,
-            &pods
-                .iter()
-                .map(|(_, s, _)| format!("{}:{}", s.ip, s.port))
-                .collect::<Vec<_>>(),
-        );
+        let entry = RoundRobin::start(&dir, &backends(pods.iter().map(|(_, s, _)| s)));
         Hub {
             dir,
             redis,
@@ -141,16 +135,7 @@ impl Hub {
 
     /// Everything the upstreams received, as text, one capture record per line.
     fn captured(&self) -> Vec<serde_json::Value> {
-        self.pods
-            .iter()
-            .flat_map(|(_, _, c)| {
-                std::fs::read_to_string(c)
-                    .unwrap_or_default()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        read_captures(self.pods.iter().map(|(_, _, c)| c))
     }
 
     fn logs(&self) -> String {

@@ -157,13 +157,7 @@ async fn typescript_sse_client_against_server_everything_across_pods() {
             )
         })
         .collect();
-    let entry = RoundRobin::start(
-        &dir,
-        &sidecars
-            .iter()
-            .map(|s| format!("{}:{}", s.ip, s.port))
-            .collect::<Vec<_>>(),
-    );
+    let entry = RoundRobin::start(&dir, &backends(&sidecars));
     let url = entry.url("/sse");
     let out = tokio::task::spawn_blocking(move || ts_client(&url, Transport::Sse))
         .await

@@ -332,28 +332,10 @@ async fn redis_outage_and_an_empty_restart() {
 fn sampling_round_trip_when_the_answer_lands_on_another_pod() {
     let dir = test_dir("sampling");
     let redis = Redis::start(&dir);
-    let pods: Vec<(Everything, Sidecar)> = (1..=3)
-        .map(|i| {
-            let upstream = Everything::start(&dir, Transport::StreamableHttp);
-            let route = Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "everything");
-            let sidecar = Sidecar::start_on(
-                &dir,
-                &format!("127.0.0.{i}"),
-                &format!(
-                    "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{route}",
-                    redis.url()
-                ),
-            );
-            (upstream, sidecar)
-        })
-        .collect();
-    let entry = RoundRobin::start(
-        &dir,
-        &pods
-            .iter()
-            .map(|(_, s)| format!("{}:{}", s.ip, s.port))
-            .collect::<Vec<_>>(),
-    );
+    let pods = everything_pods(&dir, &redis, 3, &|up| {
+        Sidecar::route("/mcp", up, "everything")
+    });
+    let entry = RoundRobin::start(&dir, &backends(pods.iter().map(|(_, s)| s)));
     // the server's sampling request travels on the tools/call stream; the client's answer is
     // a new POST that round robin sends wherever it likes. Every run must succeed; across runs
     // the answer must at least once have reached a pod other than the owner.

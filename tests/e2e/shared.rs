@@ -59,13 +59,7 @@ impl SharedPods {
                 (up, sidecar, capture)
             })
             .collect();
-        let entry = RoundRobin::start(
-            &dir,
-            &pods
-                .iter()
-                .map(|(_, s, _)| format!("{}:{}", s.ip, s.port))
-                .collect::<Vec<_>>(),
-        );
+        let entry = RoundRobin::start(&dir, &backends(pods.iter().map(|(_, s, _)| s)));
         SharedPods {
             dir,
             redis,
@@ -75,16 +69,7 @@ impl SharedPods {
     }
 
     fn captured(&self) -> Vec<Value> {
-        self.pods
-            .iter()
-            .flat_map(|(_, _, c)| {
-                std::fs::read_to_string(c)
-                    .unwrap_or_default()
-                    .lines()
-                    .map(|l| serde_json::from_str(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        read_captures(self.pods.iter().map(|(_, _, c)| c))
     }
 
     fn logs(&self) -> String {
@@ -411,28 +396,8 @@ async fn the_shared_session_is_re_established_after_an_admin_delete_and_an_upstr
 fn a_sampling_request_reaches_only_the_client_that_caused_it() {
     let dir = test_dir("shared-sampling");
     let redis = Redis::start(&dir);
-    let pods: Vec<(Everything, Sidecar)> = (1..=2)
-        .map(|i| {
-            let upstream = Everything::start(&dir, Transport::StreamableHttp);
-            let sidecar = Sidecar::start_on(
-                &dir,
-                &format!("127.0.0.{i}"),
-                &format!(
-                    "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{}",
-                    redis.url(),
-                    shared_route(&format!("{}/mcp", upstream.base()), "everything", false)
-                ),
-            );
-            (upstream, sidecar)
-        })
-        .collect();
-    let entry = RoundRobin::start(
-        &dir,
-        &pods
-            .iter()
-            .map(|(_, s)| format!("{}:{}", s.ip, s.port))
-            .collect::<Vec<_>>(),
-    );
+    let pods = everything_pods(&dir, &redis, 2, &|up| shared_route(up, "everything", false));
+    let entry = RoundRobin::start(&dir, &backends(pods.iter().map(|(_, s)| s)));
     let url = entry.url("/mcp");
     for run in 0..3 {
         // a bystander on the same shared session, listening for sampling requests
