@@ -6,6 +6,7 @@
 //! phases), `admin` and `metrics` (operations).
 
 pub mod admin;
+pub mod clients;
 pub mod config;
 pub mod hub;
 pub mod legacy;

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub shared_requests: IntCounterVec,
     /// Client requests in flight on this pod's shared upstream sessions.
     pub shared_in_flight: IntGauge,
+    /// Requests the sidecar refused before any routing decision, by reason: host, origin
+    /// (DNS rebinding checks), body (not one JSON-RPC message or batch under the strict
+    /// reading), session_limit.
+    pub client_refusals: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -138,6 +142,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "mcp_sidecar_auth_cache_total",
         "Key registry lookups: hit (local cache), miss (store asked), stale (store down, cached answer used)",
         &["result"]
+    )
+    .expect("metric registers once"),
+    client_refusals: register_int_counter_vec!(
+        "mcp_sidecar_client_refusals_total",
+        "Requests refused before routing, by reason (host, origin, body, session_limit)",
+        &["reason"]
     )
     .expect("metric registers once"),
     hub_refusals: register_int_counter_vec!(

@@ -66,6 +66,9 @@ pub struct Config {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// Which clients' `Host`, `Origin` and forwarding headers the sidecar accepts.
+    #[serde(default)]
+    pub clients: ClientsSection,
     /// Browser clients: answer preflights and expose `Mcp-Session-Id`. Absent: CORS headers are
     /// left to the upstream.
     #[serde(default)]
@@ -280,12 +283,69 @@ pub struct LimitsSection {
     /// Accepts `4MiB`, `512KiB`, `1000000`.
     #[serde(deserialize_with = "byte_size")]
     pub max_body: usize,
+    /// Most messages one JSON-RPC batch may hold.
+    #[serde(deserialize_with = "number_or_string")]
+    pub max_batch: usize,
+    /// Largest `initialize` params kept with a session (what a recovery replays); a larger
+    /// initialize is refused.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_init_params: usize,
+    /// Sessions one pod holds at most; a new session beyond it gets 503 with `Retry-After`.
+    #[serde(deserialize_with = "number_or_string")]
+    pub max_sessions: usize,
+    /// Largest answer (a JSON body or one SSE event) held to be edited: tool lists being
+    /// filtered, ids restored on shared sessions. A larger one is replaced by an error.
+    #[serde(deserialize_with = "byte_size")]
+    pub max_held_message: usize,
 }
 
 impl Default for LimitsSection {
     fn default() -> Self {
         Self {
             max_body: 4 * 1024 * 1024,
+            max_batch: 100,
+            max_init_params: 16 * 1024,
+            max_sessions: 20_000,
+            max_held_message: 8 * 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsSection {
+    /// `Host` values accepted (the port is ignored): exact names, `*.suffix`, or `*` for any.
+    /// The sidecar rewrites `Host` for its MCP server, which can then no longer refuse a DNS
+    /// rebinding attack itself, so the sidecar does.
+    pub allowed_hosts: Vec<String>,
+    /// Also accept any IP literal as `Host` (pod and Service IPs; a rebinding needs a name).
+    pub allow_ip_hosts: bool,
+    /// Also accept names without a dot (a Service name within its namespace).
+    pub allow_single_label_hosts: bool,
+    /// `Origin` values accepted when a request carries one (`scheme://host[:port]`, or `*`).
+    /// Empty: an origin whose host is an accepted `Host`. With a `cors` section, its
+    /// `allow_origins` decide instead.
+    pub allowed_origins: Vec<String>,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For`, `X-Forwarded-Proto` and `Forwarded` are
+    /// kept; anyone else's are replaced by what the sidecar sees.
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for ClientsSection {
+    fn default() -> Self {
+        Self {
+            allowed_hosts: [
+                "localhost",
+                "*.svc",
+                "*.svc.cluster.local",
+                "*.cluster.local",
+            ]
+            .map(String::from)
+            .to_vec(),
+            allow_ip_hosts: true,
+            allow_single_label_hosts: true,
+            allowed_origins: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -484,9 +544,18 @@ impl Config {
         if self.session.ttl < Duration::from_secs(1) {
             return Err(("session.ttl".into(), "must be at least 1s".into()));
         }
-        if self.limits.max_body == 0 {
-            return Err(("limits.max_body".into(), "must be greater than 0".into()));
+        for (field, value) in [
+            ("limits.max_body", self.limits.max_body),
+            ("limits.max_batch", self.limits.max_batch),
+            ("limits.max_init_params", self.limits.max_init_params),
+            ("limits.max_sessions", self.limits.max_sessions),
+            ("limits.max_held_message", self.limits.max_held_message),
+        ] {
+            if value == 0 {
+                return Err((field.into(), "must be greater than 0".into()));
+            }
         }
+        crate::clients::Clients::new(&self.clients).map_err(|(field, m)| (field.to_string(), m))?;
         if self.routes.is_empty() {
             return Err(("routes".into(), "at least one route is required".into()));
         }

@@ -1,52 +1,9 @@
-//! Group-based tool filtering on the wire: a `tools/call` for a tool the caller may not use is
-//! refused before the upstream sees it, and `tools/list` answers (JSON or an SSE stream) lose
+//! Group-based tool filtering of answers: `tools/list` answers (JSON or an SSE stream) lose
 //! the tools the caller may not see.
 
 use crate::protocol::messages::{edit_json, MessageStream};
 use bytes::Bytes;
 use serde_json::Value;
-
-pub use crate::protocol::messages::MAX_EDITED_JSON as MAX_FILTERED_JSON;
-
-/// The tool names a request body calls (`tools/call`, alone or in a batch).
-pub fn called_tools(body: &[u8]) -> Vec<String> {
-    fn name(msg: &Value) -> Option<String> {
-        if msg.get("method")?.as_str()? != "tools/call" {
-            return None;
-        }
-        // a call without a usable name is called "" so a policy without "*" refuses it
-        Some(
-            msg.get("params")
-                .and_then(|p| p.get("name"))
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        )
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => items.iter().filter_map(name).collect(),
-        Ok(v) => name(&v).into_iter().collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-/// Whether a request body (single or batch) holds a `tools/list` request.
-pub fn lists_tools(body: &[u8]) -> bool {
-    // cheap test first: most bodies are not tools/list
-    if !body
-        .windows(10)
-        .any(|w| w == b"tools/list" || w == b"tools\\/lis")
-    {
-        return false;
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Array(items)) => items
-            .iter()
-            .any(|m| m.get("method").and_then(Value::as_str) == Some("tools/list")),
-        Ok(v) => v.get("method").and_then(Value::as_str) == Some("tools/list"),
-        Err(_) => false,
-    }
-}
 
 /// Removes disallowed tools from every `result.tools` list in one JSON-RPC message or batch.
 /// Returns whether anything changed.
@@ -82,9 +39,10 @@ pub fn filter_json(body: &[u8], allows: &dyn Fn(&str) -> bool) -> Option<Vec<u8>
 pub struct ToolsFilter(MessageStream);
 
 impl ToolsFilter {
-    /// For a response's content type; `None` when it is neither JSON nor SSE.
-    pub fn for_content_type(content_type: &str) -> Option<ToolsFilter> {
-        MessageStream::for_content_type(content_type).map(ToolsFilter)
+    /// For a response's content type; `None` when it is neither JSON nor SSE. `max_held`
+    /// bounds what is held to be filtered (see `MessageStream`).
+    pub fn for_content_type(content_type: &str, max_held: usize) -> Option<ToolsFilter> {
+        MessageStream::for_content_type(content_type, max_held).map(ToolsFilter)
     }
 
     /// Takes the next body chunk and returns what may go downstream now.
@@ -125,30 +83,9 @@ mod tests {
     }
 
     #[test]
-    fn requests() {
-        assert_eq!(
-            called_tools(
-                br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}"#
-            ),
-            ["x"]
-        );
-        assert_eq!(
-            called_tools(
-                br#"[{"id":1,"method":"ping"},{"id":2,"method":"tools/call","params":{}}]"#
-            ),
-            [""]
-        );
-        assert!(called_tools(b"{nope").is_empty());
-        assert!(lists_tools(br#"{"id":1,"method":"tools/list"}"#));
-        assert!(lists_tools(br#"[{"id":1,"method":"tools\/list"}]"#));
-        assert!(!lists_tools(
-            br#"{"id":1,"method":"tools/call","params":{"name":"tools/list"}}"#
-        ));
-    }
-
-    #[test]
     fn json_bodies_in_pieces() {
-        let mut f = ToolsFilter::for_content_type("application/json; charset=utf-8").unwrap();
+        let mut f =
+            ToolsFilter::for_content_type("application/json; charset=utf-8", 1 << 20).unwrap();
         let (a, b) = LIST.as_bytes().split_at(40);
         assert!(f.feed(Some(a), false, &allow, &Vec::new).is_empty());
         let out = f.feed(Some(b), true, &allow, &Vec::new);
@@ -167,7 +104,7 @@ mod tests {
         let stream = format!(
             "event: message\r\nid: 7\r\ndata: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{}}}}\r\n\r\nevent: message\ndata: {LIST}\n\n: comment\n\n"
         );
-        let mut f = ToolsFilter::for_content_type("text/event-stream").unwrap();
+        let mut f = ToolsFilter::for_content_type("text/event-stream", 1 << 20).unwrap();
         let mut out = Vec::new();
         for b in stream.as_bytes() {
             out.extend_from_slice(&f.feed(Some(&[*b]), false, &allow, &Vec::new));
@@ -193,8 +130,8 @@ mod tests {
 
     #[test]
     fn oversized_json_becomes_an_error() {
-        let mut f = ToolsFilter::for_content_type("application/json").unwrap();
-        let big = vec![b' '; MAX_FILTERED_JSON + 1];
+        let mut f = ToolsFilter::for_content_type("application/json", 1024).unwrap();
+        let big = vec![b' '; 1025];
         f.feed(Some(&big), false, &allow, &Vec::new);
         let out = f.feed(None, true, &allow, &|| b"ERR".to_vec());
         assert_eq!(&out[..], b"ERR");

@@ -9,9 +9,25 @@ pub const X_REQUEST_ID: &str = "x-request-id";
 /// Longest request id taken from a client; longer ones are replaced, not truncated.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
+/// Longest session id accepted (SDKs issue 32 to 36 characters); ids are stored, logged and
+/// used in store keys, so a client cannot make them arbitrarily long.
+pub const MAX_SESSION_ID_LEN: usize = 256;
+
 /// The spec allows only visible ASCII (0x21..=0x7E) in a session id.
 pub fn is_valid_session_id(value: &[u8]) -> bool {
-    !value.is_empty() && value.iter().all(|b| (0x21..=0x7e).contains(b))
+    (1..=MAX_SESSION_ID_LEN).contains(&value.len())
+        && value.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// Whether a protocol version looks like one (`2025-06-18`): what the sidecar stores from an
+/// `initialize` and later writes into a header of its own upstream requests.
+pub fn is_protocol_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.len() == 10
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            _ => c.is_ascii_digit(),
+        })
 }
 
 /// The client's `X-Request-Id` when it is sane, else a fresh UUID.
@@ -38,6 +54,20 @@ mod tests {
         assert!(!is_valid_session_id(b"a\tb"));
         assert!(!is_valid_session_id("caf\u{e9}".as_bytes()));
         assert!(!is_valid_session_id(b"a\x7f"));
+        assert!(is_valid_session_id(&[b'a'; MAX_SESSION_ID_LEN]));
+        assert!(!is_valid_session_id(&[b'a'; MAX_SESSION_ID_LEN + 1]));
+    }
+
+    #[test]
+    fn protocol_versions_are_dates() {
+        assert!(is_protocol_version("2025-06-18"));
+        assert!(is_protocol_version("2024-11-05"));
+        assert!(!is_protocol_version(
+            "2025-06-18\r\nX-MCPHub-User-Id: alice"
+        ));
+        assert!(!is_protocol_version("2025-6-18"));
+        assert!(!is_protocol_version("latest"));
+        assert!(!is_protocol_version(""));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::borrow::Cow;
 pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
+    pub const INVALID_PARAMS: i64 = -32602;
     pub const INTERNAL_ERROR: i64 = -32603;
     /// Implementation-defined server error; the SDKs use it for transport-level refusals.
     pub const SERVER_ERROR: i64 = -32000;

@@ -19,9 +19,10 @@ mod relay;
 mod reply;
 mod shared;
 
-use crate::config::Config;
-use crate::hub::filter::{called_tools, lists_tools, ToolsFilter};
-use crate::hub::policy::TemplateVars;
+use crate::clients::Clients;
+use crate::config::{Config, LimitsSection};
+use crate::hub::filter::ToolsFilter;
+use crate::hub::policy::{AuthMode, TemplateVars};
 use crate::hub::{Caller, Hub};
 use crate::legacy;
 use crate::metrics::METRICS;
@@ -29,6 +30,7 @@ use crate::protocol::headers::{self, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_REQ
 use crate::protocol::jsonrpc::{code, initialize_params, Envelope};
 use crate::protocol::messages::MessageStream;
 use crate::protocol::unknown_session::may_be_unknown_session;
+use crate::protocol::{shown, strict};
 use crate::route::{Route, RouteTable};
 use crate::session::{Decision, Sessions, StreamDecision};
 use crate::store::{unix_now, SessionRecord, Transport};
@@ -49,6 +51,9 @@ use std::time::{Duration, Instant};
 /// Pingora's retry buffer size, which then replays them to the upstream (and on retries).
 const PRE_READ_LIMIT: usize = 64 * 1024;
 
+/// Seconds a client refused for the session limit is asked to wait.
+const SESSION_LIMIT_RETRY_AFTER: u64 = 5;
+
 /// The sidecar's proxy logic, shared by all worker threads.
 pub struct Sidecar {
     routes: RouteTable,
@@ -58,7 +63,8 @@ pub struct Sidecar {
     peer_port: u16,
     peer_secret: Option<Vec<u8>>,
     cors: Option<Arc<Cors>>,
-    max_body: usize,
+    clients: Clients,
+    limits: LimitsSection,
     connect_timeout: Duration,
     upstream_idle: Duration,
     upstream_read: Option<Duration>,
@@ -79,13 +85,15 @@ impl Sidecar {
             shared: Arc::new(crate::shared::Shared::new(
                 sessions.clone(),
                 config.session.shared_ttl,
+                config.limits.max_held_message,
             )),
             sessions,
             hub,
             peer_port,
             peer_secret: config.peer_secret().map(|s| s.as_bytes().to_vec()),
             cors: config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
-            max_body: config.limits.max_body,
+            clients: Clients::new(&config.clients).map_err(|(field, m)| format!("{field}: {m}"))?,
+            limits: config.limits.clone(),
             connect_timeout: config.timeouts.connect,
             upstream_idle: config.timeouts.upstream_idle,
             upstream_read: config.timeouts.upstream_read,
@@ -125,6 +133,11 @@ pub struct RequestCtx {
     started: Instant,
     /// When response headers went downstream.
     responded: Option<Instant>,
+    /// The whole response went downstream (a client closing the connection afterwards is no
+    /// error of this request).
+    response_done: bool,
+    /// The response is an SSE stream, which clients end by closing the connection.
+    sse_response: bool,
     body: BodyBuffer,
     /// Content-Length of the request, when it has one.
     content_length: Option<usize>,
@@ -167,7 +180,8 @@ pub struct RequestCtx {
     mux_ids: Vec<String>,
     /// The rewritten body.
     mux_body: Option<Bytes>,
-    /// A pre-read body on a shared route, until it is rewritten.
+    /// A body read in `request_filter`: judged once the caller is known, and rewritten on a
+    /// shared route.
     raw_body: Option<Bytes>,
     /// The answer being restored for the client (and filtered, on tool-filtering routes).
     mux_stream: Option<MessageStream>,
@@ -200,43 +214,26 @@ impl RequestCtx {
             .with_label_values(&[route.server_name.as_str(), "tool_denied"])
             .inc();
         info!(
-            "request_id={} route={} user={} tools/call {denied:?} denied by tool_groups",
+            "request_id={} route={} user={} tools/call \"{}\" denied by tool_groups",
             self.request_id,
             route.server_name,
-            self.user_id().unwrap_or("-")
+            self.user_id().unwrap_or("-"),
+            shown(denied, 64)
         );
         Some(Refusal::new(
             403,
             code::SERVER_ERROR,
-            format!("tool {denied:?} is not available to you"),
+            format!("tool \"{}\" is not available to you", shown(denied, 64)),
         ))
     }
 
-    /// Records what the complete body is.
+    /// Records what the complete body is, from its envelope alone (cheap; no authentication
+    /// has happened yet when a small body is read).
     fn complete_body(&mut self, full: &[u8]) {
         self.body_complete = true;
-        let filtered = self
-            .route
-            .as_ref()
-            .is_some_and(|r| r.policy.tools.is_some());
         match envelope_of(full) {
             Some(Ok(env)) => {
-                // a full parse only for tool calls and batches, on routes that filter tools
-                if filtered {
-                    match (&env, env.method()) {
-                        (_, Some("tools/call")) => self.called_tools = called_tools(full),
-                        (_, Some("tools/list")) => self.lists_tools = true,
-                        (Envelope::Batch { .. }, _) => {
-                            self.called_tools = called_tools(full);
-                            self.lists_tools = lists_tools(full);
-                        }
-                        _ => {}
-                    }
-                }
                 self.rpc_label = env.label();
-                if env.method() == Some("initialize") {
-                    self.init = initialize_params(full);
-                }
                 self.envelope = Some(env);
             }
             Some(Err(_)) => self.rpc_label = "invalid",
@@ -244,6 +241,71 @@ impl RequestCtx {
             None => self.rpc_label = "non_json",
         }
     }
+
+    /// Reads the complete body strictly, once the caller is authenticated, before anything is
+    /// decided by its method or tool names (see `protocol::strict`): a body that is not exactly
+    /// one JSON-RPC message or batch is refused, never passed on unjudged. Only a body that is
+    /// not JSON at all, on a route that neither authenticates, filters nor shares sessions,
+    /// passes without a reading: the sidecar decides nothing by it.
+    fn judge(&mut self, full: &[u8], limits: &LimitsSection) -> Result<(), Refusal> {
+        let Some(route) = self.route.as_ref() else {
+            return Ok(());
+        };
+        if full.is_empty() {
+            return Ok(());
+        }
+        let filtered = route.policy.tools.is_some();
+        let guarded = filtered || route.policy.mode != AuthMode::None || route.shared;
+        let looks_like_json = full.starts_with(b"\xEF\xBB\xBF") || envelope_of(full).is_some();
+        if !guarded && !looks_like_json {
+            return Ok(());
+        }
+        let reading = strict::read(full, limits.max_batch).map_err(|e| {
+            self.rpc_label = "invalid";
+            METRICS.client_refusals.with_label_values(&["body"]).inc();
+            Refusal::new(
+                400,
+                e.code(),
+                format!("request body refused: {}", e.message()),
+            )
+        })?;
+        if filtered {
+            self.lists_tools = reading.requests("tools/list");
+            self.called_tools = reading.called_tools().map(str::to_string).collect();
+        }
+        if reading.requests("initialize") {
+            self.init = Some(checked_initialize(full, limits)?);
+        }
+        Ok(())
+    }
+}
+
+/// The params and protocol version of an `initialize`, as they will be stored with the session
+/// and replayed in a recovery's headers: bounded in size, the version shaped like a version.
+fn checked_initialize(
+    full: &[u8],
+    limits: &LimitsSection,
+) -> Result<(String, Option<String>), Refusal> {
+    let invalid = |m: String| Refusal::new(400, code::INVALID_PARAMS, m);
+    let (params, version) =
+        initialize_params(full).ok_or_else(|| invalid("initialize without params".into()))?;
+    if params.len() > limits.max_init_params {
+        return Err(invalid(format!(
+            "initialize params of {} bytes exceed the limit of {} bytes",
+            params.len(),
+            limits.max_init_params
+        )));
+    }
+    if let Some(v) = version
+        .as_deref()
+        .filter(|v| !headers::is_protocol_version(v))
+    {
+        return Err(invalid(format!(
+            "protocolVersion \"{}\" is not a version such as 2025-06-18",
+            shown(v, 32)
+        )));
+    }
+    Ok((params, version))
 }
 
 fn too_large(limit: usize) -> Refusal {
@@ -287,6 +349,29 @@ fn upstream_target<'a>(
     (route, path, version)
 }
 
+/// A request naming a session both in `Mcp-Session-Id` and in a legacy message URL: the
+/// sidecar would route and bind by one while a legacy server acts on the other.
+fn refuse_two_sessions(req: &RequestHeader) -> Result<(), Refusal> {
+    match req.uri.query().map(legacy::message_session) {
+        Some(Ok(None)) | None => Ok(()),
+        Some(_) => Err(Refusal::new(
+            400,
+            code::INVALID_REQUEST,
+            "a request must name exactly one session",
+        )),
+    }
+}
+
+/// The client hung up or its connection broke: routine (the access line records it, and only
+/// when the answer was not complete).
+fn closed_by_client(e: &Error) -> bool {
+    e.esource() == &pingora::ErrorSource::Downstream
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+}
+
 /// The error that makes `fail_to_proxy` answer 413.
 fn body_over_limit<T>() -> Result<T> {
     Error::e_explain(ErrorType::HTTPStatus(413), "request body over the limit")
@@ -309,17 +394,73 @@ impl Sidecar {
                 return Err(Refusal::new(
                     400,
                     code::INVALID_REQUEST,
-                    "Mcp-Session-Id must be visible ASCII (0x21-0x7E)",
+                    "Mcp-Session-Id must be 1 to 256 characters of visible ASCII (0x21-0x7E)",
                 ));
             }
         }
         ctx.content_length = header(req, "content-length")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|s| s.trim().parse::<usize>().ok());
-        if ctx.content_length.is_some_and(|n| n > self.max_body) {
-            return Err(too_large(self.max_body));
+        if ctx.content_length.is_some_and(|n| n > self.limits.max_body) {
+            return Err(too_large(self.limits.max_body));
         }
         Ok(())
+    }
+
+    /// The DNS rebinding check the MCP server can no longer make once the sidecar rewrote
+    /// `Host`: the client must name this sidecar, and a browser's `Origin` must be allowed.
+    /// A verified peer's hop carries what its own pod already checked.
+    fn check_host_and_origin(&self, req: &RequestHeader, from_peer: bool) -> Result<(), Refusal> {
+        if from_peer {
+            return Ok(());
+        }
+        let host = header(req, "host")
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .or(req.uri.authority().map(|a| a.as_str()));
+        if let Some(host) = host.filter(|h| !self.clients.host_allowed(h)) {
+            METRICS.client_refusals.with_label_values(&["host"]).inc();
+            return Err(Refusal::new(
+                421,
+                code::SERVER_ERROR,
+                format!("Host \"{}\" is not served here", shown(host, 128)),
+            ));
+        }
+        if let Some(origin) = req.headers.get("origin") {
+            let allowed = origin.to_str().is_ok_and(|o| match &self.cors {
+                Some(cors) => cors.allows(o),
+                None => self.clients.origin_allowed(o),
+            });
+            if !allowed {
+                // the spec's Origin validation: 403
+                METRICS.client_refusals.with_label_values(&["origin"]).inc();
+                return Err(Refusal::new(403, code::SERVER_ERROR, "origin not allowed"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A new session beyond `limits.max_sessions` on this pod: 503, try again (another pod,
+    /// or later).
+    fn admit_new_session(&self, ctx: &RequestCtx) -> Result<(), Refusal> {
+        if ctx.init.is_none()
+            || self.sessions.is_draining()
+            || self.sessions.local_count() < self.limits.max_sessions
+        {
+            return Ok(());
+        }
+        METRICS
+            .client_refusals
+            .with_label_values(&["session_limit"])
+            .inc();
+        Err(Refusal::new(
+            503,
+            code::SERVER_ERROR,
+            format!(
+                "this pod holds its limit of {} sessions; retry shortly",
+                self.limits.max_sessions
+            ),
+        )
+        .with_retry_after(SESSION_LIMIT_RETRY_AFTER))
     }
 
     /// Reads a small body completely before the upstream is contacted. Pingora keeps it in its
@@ -333,17 +474,16 @@ impl Sidecar {
             .await
             .map_err(|e| e.into_down())?
         {
-            if body.push(Some(chunk), false, self.max_body) == BodyProgress::TooLarge {
+            if body.push(Some(chunk), false, self.limits.max_body) == BodyProgress::TooLarge {
                 // more bytes than Content-Length announced
                 return body_over_limit();
             }
         }
-        match body.push(None, true, self.max_body) {
+        match body.push(None, true, self.limits.max_body) {
             BodyProgress::Complete(full) => {
                 ctx.complete_body(&full);
-                if ctx.route.as_ref().is_some_and(|r| r.shared) {
-                    ctx.raw_body = Some(full);
-                }
+                // judged once the caller is known; rewritten later on shared routes
+                ctx.raw_body = Some(full);
             }
             _ => return body_over_limit(),
         }
@@ -360,6 +500,7 @@ impl Sidecar {
         else {
             return self.route_legacy_post(req, ctx).await;
         };
+        refuse_two_sessions(req)?;
         let route = ctx.route.clone().expect("admitted requests have a route");
         let user = ctx.user_id();
         let decision = if ctx.from_peer {
@@ -432,18 +573,34 @@ impl Sidecar {
         req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<(), Refusal> {
-        let sid = match req.uri.query().and_then(legacy::session_id_from_query) {
-            Some(sid) if req.method == http::Method::POST => sid,
+        let named = match req.uri.query().map(legacy::message_session) {
+            Some(Err(why)) => return Err(Refusal::new(400, code::INVALID_REQUEST, why)),
+            Some(Ok(named)) => named,
+            None => None,
+        };
+        let (param, sid) = match named {
+            Some(named) if req.method == http::Method::POST => named,
             _ => return Ok(()),
         };
         let route = ctx.route.clone().expect("admitted requests have a route");
         ctx.legacy_sid = Some(sid.to_string());
         let target = match self
             .sessions
-            .resolve_stream(sid, &route.server_name, ctx.user_id(), ctx.from_peer)
+            .resolve_stream(sid, param, &route.server_name, ctx.user_id(), ctx.from_peer)
             .await
         {
             StreamDecision::Local => Target::Upstream,
+            StreamDecision::WrongForm => {
+                METRICS
+                    .sse_failures
+                    .with_label_values(&["wrong_form"])
+                    .inc();
+                return Err(Refusal::new(
+                    400,
+                    code::INVALID_REQUEST,
+                    "the session id in the message URL is not in the form the stream announced",
+                ));
+            }
             StreamDecision::Forward { owner } => Target::Owner(owner),
             StreamDecision::Gone(reason) => {
                 METRICS.sse_failures.with_label_values(&[reason]).inc();
@@ -641,6 +798,29 @@ impl Sidecar {
         Ok(())
     }
 
+    /// `X-Forwarded-For` and `-Proto` from the real peer; a client's own are kept only when it
+    /// is a trusted proxy.
+    fn set_forwarded(&self, session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
+        let Some(peer) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        else {
+            return Ok(());
+        };
+        let req = session.req_header();
+        let text = |name| header(req, name).and_then(|v| std::str::from_utf8(v).ok());
+        let f = self
+            .clients
+            .forwarded(peer, text("x-forwarded-for"), text("x-forwarded-proto"));
+        upstream_request.insert_header("x-forwarded-for", f.forwarded_for)?;
+        upstream_request.insert_header("x-forwarded-proto", f.proto)?;
+        if !f.keep_forwarded {
+            upstream_request.remove_header("forwarded");
+        }
+        Ok(())
+    }
+
     /// The session record an initialize response creates.
     fn new_record(&self, ctx: &RequestCtx, upstream_sid: &str) -> Option<SessionRecord> {
         let (params, version) = ctx.init.clone()?;
@@ -671,6 +851,8 @@ impl ProxyHttp for Sidecar {
             route: None,
             started: Instant::now(),
             responded: None,
+            response_done: false,
+            sse_response: false,
             body: BodyBuffer::default(),
             content_length: None,
             body_complete: false,
@@ -702,15 +884,18 @@ impl ProxyHttp for Sidecar {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         ctx.request_id = headers::request_id(header(req, X_REQUEST_ID));
+        ctx.from_peer = session
+            .server_addr()
+            .and_then(|a| a.as_inet())
+            .is_some_and(|a| a.port() == self.peer_port);
+        if let Err(refusal) = self.check_host_and_origin(req, ctx.from_peer) {
+            session.set_keepalive(None);
+            reply::send(session, ctx, &refusal).await?;
+            return Ok(true);
+        }
+        let req = session.req_header();
         if let Some(cors) = &self.cors {
             if let Some(origin) = req.headers.get("origin").and_then(|v| v.to_str().ok()) {
-                if !cors.allows(origin) {
-                    // the spec's Origin validation (DNS rebinding): the sidecar is the judge here
-                    let refusal = Refusal::new(403, code::SERVER_ERROR, "origin not allowed");
-                    session.set_keepalive(None);
-                    reply::send(session, ctx, &refusal).await?;
-                    return Ok(true);
-                }
                 ctx.cors = Some((cors.clone(), origin.to_string()));
                 let is_preflight = req.method == http::Method::OPTIONS
                     && req.headers.contains_key("access-control-request-method");
@@ -734,10 +919,6 @@ impl ProxyHttp for Sidecar {
         {
             self.pre_read_body(session, ctx).await?;
         }
-        ctx.from_peer = session
-            .server_addr()
-            .and_then(|a| a.as_inet())
-            .is_some_and(|a| a.port() == self.peer_port);
         let checked = match hop::check(
             session.req_header(),
             ctx.from_peer,
@@ -746,6 +927,13 @@ impl ProxyHttp for Sidecar {
             Ok(()) => self.authenticate(session, ctx).await,
             Err(refusal) => Err(refusal),
         };
+        // the body is read fully only now that the caller is known
+        let checked = checked
+            .and_then(|()| match ctx.raw_body.clone() {
+                Some(body) => ctx.judge(&body, &self.limits),
+                None => Ok(()),
+            })
+            .and_then(|()| self.admit_new_session(ctx));
         let shared_route = ctx.route.as_ref().is_some_and(|r| r.shared);
         let routed = match checked {
             Ok(()) => match ctx.tool_refusal() {
@@ -921,11 +1109,23 @@ impl ProxyHttp for Sidecar {
             }
             return Ok(());
         }
-        match ctx.body.push(body.take(), end_of_stream, self.max_body) {
+        match ctx
+            .body
+            .push(body.take(), end_of_stream, self.limits.max_body)
+        {
             BodyProgress::Pending => *body = Some(Bytes::new()),
             BodyProgress::TooLarge => return body_over_limit(),
             BodyProgress::Complete(full) => {
                 ctx.complete_body(&full);
+                let judged = ctx
+                    .judge(&full, &self.limits)
+                    .and_then(|()| self.admit_new_session(ctx));
+                if let Err(refusal) = judged {
+                    // the upstream has the headers but not a byte of this body
+                    let status = refusal.status;
+                    ctx.denied = Some(refusal);
+                    return Error::e_explain(ErrorType::HTTPStatus(status), "body refused");
+                }
                 if let Some(refusal) = ctx.tool_refusal() {
                     // the upstream has the headers but not a byte of this body
                     ctx.denied = Some(refusal);
@@ -938,9 +1138,11 @@ impl ProxyHttp for Sidecar {
                         return Error::e_explain(ErrorType::HTTPStatus(status), "not multiplexed");
                     }
                     *body = ctx.mux_body.clone();
-                } else {
+                } else if !full.is_empty() {
                     *body = Some(full);
                 }
+                // (a request without a body stays without: an empty chunk written after the
+                // upstream request ended makes Pingora warn)
             }
         }
         Ok(())
@@ -958,6 +1160,10 @@ impl ProxyHttp for Sidecar {
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
         hop::strip(upstream_request);
         self.strip_hub(route, session.req_header(), upstream_request)?;
+        if !ctx.from_peer {
+            // a verified peer already set these for its client
+            self.set_forwarded(session, upstream_request)?;
+        }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         let caller = ctx.caller.as_ref().map_or("", |c| c.digest.as_str());
         if ctx.handoff.is_some() {
@@ -1047,6 +1253,10 @@ impl ProxyHttp for Sidecar {
         upstream_response.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
         ctx.apply_cors(upstream_response);
         let ok = upstream_response.status.is_success();
+        ctx.sse_response = upstream_response
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let served_here = ctx
             .session
             .as_ref()
@@ -1059,7 +1269,7 @@ impl ProxyHttp for Sidecar {
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            ctx.tools_filter = ToolsFilter::for_content_type(ct);
+            ctx.tools_filter = ToolsFilter::for_content_type(ct, self.limits.max_held_message);
             if ctx.tools_filter.is_some() {
                 upstream_response.remove_header("content-length");
             }
@@ -1072,7 +1282,7 @@ impl ProxyHttp for Sidecar {
                 .get("content-type")
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            ctx.mux_stream = MessageStream::for_content_type(ct);
+            ctx.mux_stream = MessageStream::for_content_type(ct, self.limits.max_held_message);
             if ctx.mux_stream.is_some() {
                 ctx.tools_filter = None;
                 upstream_response.remove_header("content-length");
@@ -1143,6 +1353,7 @@ impl ProxyHttp for Sidecar {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        ctx.response_done |= end_of_stream;
         if ctx.mux_stream.is_some() {
             self.restore_body(body, end_of_stream, ctx);
             return Ok(None);
@@ -1222,7 +1433,7 @@ impl ProxyHttp for Sidecar {
         format!(
             "{} {}, request_id={}",
             req.method,
-            req.uri.path(),
+            shown(req.uri.path(), 256),
             ctx.request_id
         )
     }
@@ -1230,11 +1441,7 @@ impl ProxyHttp for Sidecar {
     /// A client that goes away mid-request is routine (the access line records it), not an
     /// error worth a log line of its own.
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, e: &Error) -> bool {
-        e.esource() == &pingora::ErrorSource::Downstream
-            && matches!(
-                e.etype(),
-                ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
-            )
+        closed_by_client(e)
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
@@ -1274,7 +1481,7 @@ impl ProxyHttp for Sidecar {
             ctx.request_id,
             client,
             req.method,
-            req.uri.path(),
+            shown(req.uri.path(), 256),
             route,
             ctx.rpc_label,
             status,
@@ -1286,7 +1493,14 @@ impl ProxyHttp for Sidecar {
             if ctx.from_peer { " from_peer=true" } else { "" },
             ctx.upstream_error.map(|k| format!(" upstream_error={k}")).unwrap_or_default(),
             ctx.handoff.as_ref().map(|p| format!(" handoff={p}")).unwrap_or_default(),
-            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
+            match e {
+                // a stream ends when its client closes it: that is how it ends, not an error
+                Some(e) if closed_by_client(e) && ctx.sse_response && !ctx.response_done =>
+                    " closed_by=client".to_string(),
+                Some(e) if closed_by_client(e) && ctx.response_done => String::new(),
+                Some(e) => format!(" error=\"{}\"", e.etype().as_str()),
+                None => String::new(),
+            },
         );
     }
 }

@@ -8,7 +8,7 @@
 use super::reply::{self, Refusal};
 use super::{RequestCtx, Sidecar};
 use crate::hub::Hub;
-use crate::legacy::session_id_from_endpoint;
+use crate::legacy::endpoint_session;
 use crate::legacy::sse::{Boundary, EndpointFinder, KEEPALIVE};
 use crate::metrics::METRICS;
 use crate::peer::{HOP, HOP_FROM, HOP_SIGNATURE, HOP_TIME, HOP_USER};
@@ -358,8 +358,8 @@ impl Sidecar {
                 let out = if is_sse && !finder.is_done() {
                     let pushed = finder.push(&body, &rewrite);
                     if let Some(endpoint) = pushed.endpoint {
-                        match session_id_from_endpoint(&endpoint) {
-                            Some(sid) => {
+                        match endpoint_session(&endpoint) {
+                            Some((param, sid)) => {
                                 let now = unix_now();
                                 let record = SessionRecord {
                                     session_id: sid.to_string(),
@@ -374,7 +374,8 @@ impl Sidecar {
                                     last_seen: now,
                                     ..Default::default()
                                 };
-                                closed_by_admin = Some(self.sessions.open_stream(record).await);
+                                closed_by_admin =
+                                    Some(self.sessions.open_stream(record, param).await);
                                 ctx.legacy_sid = Some(sid.to_string());
                                 registration = Some(Registration {
                                     sessions: self.sessions.clone(),

@@ -17,6 +17,8 @@ pub struct Refusal {
     pub message: String,
     /// `WWW-Authenticate` of a 401.
     pub challenge: Option<String>,
+    /// Seconds for `Retry-After` (a 503 the client may try again).
+    pub retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -26,7 +28,13 @@ impl Refusal {
             code,
             message: message.into(),
             challenge: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Refusal {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn with_challenge(mut self, challenge: Option<String>) -> Refusal {
@@ -48,6 +56,9 @@ pub async fn send(session: &mut Session, ctx: &RequestCtx, refusal: &Refusal) ->
     resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
     if let Some(c) = &refusal.challenge {
         resp.insert_header("www-authenticate", c.as_str())?;
+    }
+    if let Some(s) = refusal.retry_after {
+        resp.insert_header("retry-after", s.to_string())?;
     }
     ctx.apply_cors(&mut resp);
     session.write_response_header(Box::new(resp), false).await?;

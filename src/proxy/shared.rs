@@ -54,13 +54,17 @@ impl Sidecar {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
         let Some(sid) = sid else {
-            if method == http::Method::POST && ctx.init.is_some() {
+            // a legacy SSE client has a session of its own, as on any route: its posts go to
+            // its stream's pod, for its stream's user
+            self.route_legacy_post(req, ctx).await?;
+            if method == http::Method::POST && ctx.init.is_some() && ctx.legacy_sid.is_none() {
                 self.answer_shared_initialize(session, ctx).await?;
                 return Ok(SharedStep::Answered);
             }
             // anything else without a session: the upstream answers it as it would
             return Ok(SharedStep::Proxy);
         };
+        super::refuse_two_sessions(req)?;
         let record = match self
             .sessions
             .shared_client(&sid, &route.server_name, ctx.user_id())

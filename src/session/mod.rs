@@ -86,6 +86,9 @@ pub enum StreamDecision {
     Forward { owner: String },
     /// The stream is gone; the reason is a metrics label.
     Gone(&'static str),
+    /// The stream is open here, but the post names it in a query parameter other than the
+    /// one its `endpoint` event announced.
+    WrongForm,
     /// Not open here, and the store cannot say where it is.
     StoreUnavailable,
 }
@@ -489,9 +492,9 @@ impl Sessions {
     /// Registers a legacy SSE stream this pod relays. Returns what ends it early (an admin
     /// delete). The store write is awaited: a post for the session may reach another pod as
     /// soon as the client reads the `endpoint` event.
-    pub async fn open_stream(&self, record: SessionRecord) -> Arc<Notify> {
+    pub async fn open_stream(&self, record: SessionRecord, param: &'static str) -> Arc<Notify> {
         let sid = record.session_id.clone();
-        let close = self.streams.insert(record.clone());
+        let close = self.streams.insert(record.clone(), param);
         METRICS.sessions.with_label_values(&["created"]).inc();
         match self.store.save_session(&record, self.stream_ttl()).await {
             Ok(()) => info!(
@@ -526,13 +529,17 @@ impl Sessions {
     pub async fn resolve_stream(
         &self,
         sid: &str,
+        param: &str,
         server: &str,
         user: Option<&str>,
         forwarded: bool,
     ) -> StreamDecision {
         match self.streams.user_of(sid, server) {
-            Some(owner) if owner.as_deref() == user => return StreamDecision::Local,
-            Some(_) => return StreamDecision::Gone("wrong_user"),
+            Some((owner, _)) if owner.as_deref() != user => {
+                return StreamDecision::Gone("wrong_user")
+            }
+            Some((_, announced)) if announced != param => return StreamDecision::WrongForm,
+            Some(_) => return StreamDecision::Local,
             None => {}
         }
         if forwarded {

@@ -11,6 +11,8 @@ use tokio::sync::Notify;
 
 struct Entry {
     record: SessionRecord,
+    /// The query parameter the stream's `endpoint` event announced: posts must use it.
+    param: &'static str,
     refreshed: Instant,
     /// Ends the stream (its session was deleted through the admin API).
     close: Arc<Notify>,
@@ -30,13 +32,14 @@ impl StreamTable {
         METRICS.sse_streams.set(len as i64);
     }
 
-    pub fn insert(&self, record: SessionRecord) -> Arc<Notify> {
+    pub fn insert(&self, record: SessionRecord, param: &'static str) -> Arc<Notify> {
         let close = Arc::new(Notify::new());
         let mut map = self.lock();
         map.insert(
             record.session_id.clone(),
             Entry {
                 record,
+                param,
                 refreshed: Instant::now(),
                 close: close.clone(),
             },
@@ -52,12 +55,13 @@ impl StreamTable {
         removed
     }
 
-    /// When the stream of `sid` for route `server` is open here: the hub user it belongs to.
-    pub fn user_of(&self, sid: &str, server: &str) -> Option<Option<String>> {
+    /// When the stream of `sid` for route `server` is open here: the hub user it belongs to,
+    /// and the query parameter its posts must use.
+    pub fn user_of(&self, sid: &str, server: &str) -> Option<(Option<String>, &'static str)> {
         self.lock()
             .get(sid)
             .filter(|e| e.record.server_name == server)
-            .map(|e| e.record.user.clone())
+            .map(|e| (e.record.user.clone(), e.param))
     }
 
     /// Asks the stream of `sid` to end; `false` when it is not open here.

@@ -38,6 +38,17 @@ pub async fn post(
     body: &[u8],
     timeout: Duration,
 ) -> std::io::Result<Answer> {
+    // every value here ends up in a header line written by hand: one that could end the line
+    // (stored client data, a token) is refused, never sent
+    for (name, value) in headers {
+        if http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(invalid(&format!(
+                "header {name} has a value that cannot be sent"
+            )));
+        }
+    }
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let mut head = format!(
@@ -178,6 +189,29 @@ mod tests {
         assert!(is_complete(&[&sse[..], b"0\r\n\r\n"].concat()));
         // no framing: the connection's end is the body's end
         assert!(!is_complete(b"HTTP/1.1 200 OK\r\n\r\ndata"));
+    }
+
+    #[tokio::test]
+    async fn a_header_value_that_could_end_its_line_is_never_sent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let err = post(
+            addr,
+            "127.0.0.1",
+            "/mcp",
+            &[(
+                "mcp-protocol-version",
+                "2025-06-18\r\nX-MCPHub-User-Id: admin",
+            )],
+            b"{}",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("mcp-protocol-version"), "{err}");
+        // nothing connected, so nothing was written
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err());
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! stream closes when the last client's stream does.
 
 use crate::protocol::chunked::Chunked;
-use crate::protocol::messages::event_end;
+use crate::protocol::messages::EventScanner;
 use crate::route::Route;
 use bytes::Bytes;
 use log::{info, warn};
@@ -29,10 +29,12 @@ pub enum Opened {
     Unreachable(String),
 }
 
-#[derive(Default)]
 pub struct Fanouts {
     /// Upstream session id → the sender of its running stream.
     running: Mutex<HashMap<String, broadcast::Sender<Bytes>>>,
+    /// The largest event held while it arrives (`limits.max_held_message`); a stream sending
+    /// a larger one is ended rather than held without bound.
+    max_held: usize,
 }
 
 /// What the upstream GET needs.
@@ -45,6 +47,13 @@ pub struct Target<'a> {
 }
 
 impl Fanouts {
+    pub fn new(max_held: usize) -> Fanouts {
+        Fanouts {
+            running: Mutex::default(),
+            max_held,
+        }
+    }
+
     fn running(&self) -> std::sync::MutexGuard<'_, HashMap<String, broadcast::Sender<Bytes>>> {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -144,16 +153,24 @@ impl Fanouts {
             }
             true
         };
+        let mut scanner = EventScanner::default();
         let mut ok = feed(&rest, &mut pending);
         while ok {
-            while let Some(n) = event_end(&pending) {
-                let event: Vec<u8> = pending.drain(..n).collect();
+            let mut taken = 0;
+            while let Some(n) = scanner.next_end(&pending[taken..]) {
+                let event = &pending[taken..taken + n];
+                taken += n;
                 // ids belong to the upstream session's stream, which clients cannot resume
-                if tx.send(strip_ids(&event)).is_err() {
+                if tx.send(strip_ids(event)).is_err() {
                     // nobody listens any more
                     self.forget(sid, &tx);
                     return;
                 }
+            }
+            pending.drain(..taken);
+            if pending.len() > self.max_held {
+                warn!("shared upstream session {sid} of {server}: an event on the GET stream exceeds limits.max_held_message; the stream is ended");
+                break;
             }
             if tx.receiver_count() == 0 {
                 break;

@@ -121,10 +121,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(sessions: Arc<Sessions>, ttl: Duration) -> Shared {
+    /// `max_held`: the largest GET stream event held while it arrives.
+    pub fn new(sessions: Arc<Sessions>, ttl: Duration, max_held: usize) -> Shared {
         Shared {
             mux: mux::Mux::new(),
-            fanouts: Arc::new(fanout::Fanouts::default()),
+            fanouts: Arc::new(fanout::Fanouts::new(max_held)),
             sessions,
             ttl,
             known: Mutex::new(HashMap::new()),

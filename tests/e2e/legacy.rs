@@ -179,7 +179,11 @@ async fn typescript_sse_client_against_server_everything_across_pods() {
 }
 
 /// Reads a raw stream until `done` holds for what arrived (or 20 s pass).
-async fn read_until(resp: &mut reqwest::Response, text: &mut String, done: impl Fn(&str) -> bool) {
+pub(crate) async fn read_until(
+    resp: &mut reqwest::Response,
+    text: &mut String,
+    done: impl Fn(&str) -> bool,
+) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while !done(text) {
         let chunk = tokio::time::timeout_at(deadline, resp.chunk())
@@ -191,7 +195,7 @@ async fn read_until(resp: &mut reqwest::Response, text: &mut String, done: impl 
     }
 }
 
-async fn open_stream(url: &str) -> reqwest::Response {
+pub(crate) async fn open_stream(url: &str) -> reqwest::Response {
     let resp = reqwest::Client::new()
         .get(url)
         .header("accept", "text/event-stream")
@@ -254,7 +258,7 @@ fn comments_between_events(raw: &str) -> usize {
 }
 
 /// The data of every event in `raw`, comments dropped.
-fn event_data(raw: &str) -> Vec<String> {
+pub(crate) fn event_data(raw: &str) -> Vec<String> {
     let normalized = raw.replace("\r\n", "\n");
     normalized
         .split("\n\n")

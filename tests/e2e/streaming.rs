@@ -170,7 +170,14 @@ async fn protocol_headers_reach_the_upstream_untouched() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn foreign_host_is_rewritten_for_the_upstream() {
-    let pod = Pod::root("host");
+    let pod = Pod::start(
+        "host",
+        Transport::StreamableHttp,
+        "/",
+        "",
+        "fastmcp",
+        "clients: {allowed_hosts: [mcp.example.com]}\n",
+    );
     let sidecar = &pod.sidecar;
     let client = reqwest::Client::new();
     // FastMCP refuses a Host it does not serve (DNS-rebinding protection)...
