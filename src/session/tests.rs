@@ -2,7 +2,7 @@
 //! (the owned path must make none).
 
 use super::*;
-use crate::store::{MemoryStore, PodInfo};
+use crate::store::{MemoryStore, PodInfo, Standing};
 use async_trait::async_trait;
 use std::sync::atomic::AtomicUsize;
 
@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicUsize;
 struct Counting {
     inner: MemoryStore,
     calls: AtomicUsize,
+    /// Each claim takes this long (a slow store under a long resync).
+    slow_claims: Option<Duration>,
 }
 
 impl Counting {
@@ -34,6 +36,28 @@ impl SessionStore for Counting {
     async fn load_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.hit();
         self.inner.load_session(id).await
+    }
+    async fn claim_session(
+        &self,
+        r: &SessionRecord,
+        seen: &SessionRecord,
+        create: bool,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        self.hit();
+        if let Some(pause) = self.slow_claims {
+            tokio::time::sleep(pause).await;
+        }
+        self.inner.claim_session(r, seen, create, ttl).await
+    }
+    async fn touch_owned(
+        &self,
+        held: &SessionRecord,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        self.hit();
+        self.inner.touch_owned(held, now, ttl).await
     }
     async fn touch_session(&self, id: &str, now: u64, ttl: Duration) -> Result<bool, StoreError> {
         self.hit();
