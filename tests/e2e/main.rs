@@ -9,6 +9,7 @@ mod drain;
 mod edges;
 mod hub;
 mod legacy;
+mod ownership;
 mod pods;
 mod redis_mode;
 mod shared;
