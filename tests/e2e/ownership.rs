@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Short heartbeats, so a stall of a few seconds makes a pod dead to its peers.
-const SESSION: &str = "session: {heartbeat_interval: 200ms, pod_ttl: 1s}\n";
+const SESSION: &str = "session: {heartbeat_interval: 200ms, pod_ttl: 2s}\n";
 
 struct Pods {
     _dir: PathBuf,
