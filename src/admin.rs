@@ -94,6 +94,7 @@ impl AdminApp {
                                 "sessionId": r.session_id,
                                 "upstreamSessionId": r.upstream_session_id,
                                 "owner": r.owner,
+                                "epoch": r.epoch,
                                 "serverName": r.server_name,
                                 "transport": r.transport.as_str(),
                                 "user": r.user,

@@ -20,7 +20,8 @@ pub struct Metrics {
     pub store_errors: IntCounterVec,
     /// 1 for the backend in use (`memory` or `redis`).
     pub store_backend: IntGaugeVec,
-    /// Session lifecycle events: created, forwarded, recovered, expired, deleted.
+    /// Session lifecycle events: created, forwarded, recovered, lost (to a peer that took it
+    /// over), expired, deleted.
     pub sessions: IntCounterVec,
     /// Sessions owned by this pod (an HPA can scale on it).
     pub active_sessions: IntGauge,
@@ -95,7 +96,7 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     .expect("metric registers once"),
     sessions: register_int_counter_vec!(
         "mcp_sidecar_sessions_total",
-        "Session lifecycle events on this pod: created, forwarded, recovered, expired, deleted",
+        "Session lifecycle events on this pod: created, forwarded, recovered, lost, expired, deleted",
         &["event"]
     )
     .expect("metric registers once"),

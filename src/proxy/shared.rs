@@ -390,6 +390,7 @@ impl Sidecar {
                 init_result: None,
                 created_at: now,
                 last_seen: now,
+                epoch: 0,
             })
             .await;
         info!(

@@ -84,6 +84,33 @@ impl LocalTable {
         removed
     }
 
+    /// Removes `held`'s session only while the table still has it at `held`'s owner and epoch
+    /// (not a newer entry another request made meanwhile).
+    pub fn remove_held(&self, held: &SessionRecord) -> bool {
+        let mut map = self.lock();
+        if !map
+            .get(&held.session_id)
+            .is_some_and(|e| e.record.same_holder(held))
+        {
+            return false;
+        }
+        map.remove(&held.session_id);
+        Self::publish(map.len());
+        true
+    }
+
+    /// Replaces the entry at `from`'s owner and epoch with `to` (a claim the store took),
+    /// keeping its use and refresh times.
+    pub fn advance(&self, from: &SessionRecord, to: SessionRecord) {
+        if let Some(e) = self
+            .lock()
+            .get_mut(&from.session_id)
+            .filter(|e| e.record.same_holder(from))
+        {
+            e.record = to;
+        }
+    }
+
     /// Every owned session, for re-registering them with the store.
     pub fn all(&self) -> Vec<SessionRecord> {
         self.lock().values().map(|e| e.record.clone()).collect()

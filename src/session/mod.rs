@@ -24,8 +24,16 @@
 //! When the store is down, sessions in the local table keep working, new sessions open and are
 //! kept locally, and the heartbeat registers them again once the store is back (also when it
 //! comes back empty).
+//!
+//! One owner per session: a record carries an ownership epoch, and taking a session over
+//! (recovery, adoption, re-registration) succeeds only from the owner and epoch the pod read
+//! (`SessionStore::claim_session`). A pod whose registration lapsed (it stalled, or was cut off
+//! longer than `pod_ttl`) may have lost sessions to peers that recovered them: until it has
+//! claimed its sessions again it confirms each with the store before serving it (`lease.rs`),
+//! and drops and forwards those it lost.
 
 pub mod heartbeat;
+mod lease;
 mod local;
 mod streams;
 pub mod upstream_call;
@@ -34,7 +42,8 @@ use crate::metrics::METRICS;
 use crate::protocol::headers::{is_valid_session_id, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::protocol::unknown_session::is_unknown_session;
 use crate::route::Route;
-use crate::store::{unix_now, SessionRecord, SessionStore, StoreError};
+use crate::store::{unix_now, SessionRecord, SessionStore, Standing, StoreError};
+use lease::Lease;
 use local::LocalTable;
 use log::{info, warn};
 use std::fmt;
@@ -75,6 +84,23 @@ pub enum Decision {
     Unknown,
     /// Not owned here, and the store cannot say where it is.
     StoreUnavailable,
+}
+
+/// The local table's answer for a session.
+enum Owned {
+    Here(Decision),
+    /// A peer took it over: the store's record.
+    Lost(Box<SessionRecord>),
+    NotHere,
+}
+
+/// What the store says of a session in the local table.
+enum Confirmed {
+    /// Still this pod's (or the store cannot say): served under this upstream id.
+    Held(String),
+    /// Taken over (the store's record), or gone from the local table meanwhile (`None`).
+    Lost(Option<Box<SessionRecord>>),
+    Deleted,
 }
 
 /// Where a legacy SSE message post goes.
@@ -135,6 +161,10 @@ pub struct Sessions {
     pub settings: Settings,
     /// The store missed writes (it was down, or lost its data): re-register local sessions.
     needs_resync: AtomicBool,
+    /// Whether peers may have taken sessions of the local table.
+    lease: Lease,
+    /// A housekeeping round (resync, stream refresh, idle expiry) is running.
+    housekeeping: AtomicBool,
     /// This pod is leaving: deregistered, handing requests to `drain_peers`.
     draining: AtomicBool,
     /// Live peers when the drain began.
@@ -160,10 +190,12 @@ impl Sessions {
             store,
             local: LocalTable::default(),
             streams: StreamTable::default(),
-            settings,
             needs_resync: AtomicBool::new(false),
+            lease: Lease::new(settings.pod_ttl),
+            housekeeping: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             drain_peers: std::sync::Mutex::new(Vec::new()),
+            settings,
         })
     }
 
@@ -193,7 +225,9 @@ impl Sessions {
 
     /// Where a request forwarded by a peer goes: only ever here (a hop is never forwarded
     /// again). Served if this pod owns the session, recovered here if its owner is gone (a
-    /// draining pod hands its sessions over this way).
+    /// draining pod hands its sessions over this way). A peer forwards per the store, which
+    /// names a pod that lost the session only while that pod's standing is in doubt, when the
+    /// local table is checked against the store anyway (`owned_here`).
     pub async fn resolve_forwarded(
         self: &Arc<Self>,
         sid: &str,
@@ -232,16 +266,18 @@ impl Sessions {
         user: Option<&str>,
         forwarded: bool,
     ) -> Decision {
-        if let Some(d) = self.resolve_local(sid, server, user) {
-            return d;
-        }
-        let record = match self.store.load_session(sid).await {
+        let stored = match self.owned_here(sid, server, user).await {
+            Owned::Here(d) => return d,
+            Owned::Lost(now) => Ok(Some(*now)),
+            Owned::NotHere => self.store.load_session(sid).await,
+        };
+        let record = match stored {
             Ok(Some(r)) if r.server_name == server && self.bound_to(&r, user) => r,
             Ok(_) => return Decision::Unknown,
             Err(_) => return Decision::StoreUnavailable,
         };
         if record.owner == self.settings.me {
-            return self.adopt(record);
+            return self.adopt(record).await;
         }
         match self.store.pod_alive(&record.owner).await {
             // a peer sent it here, yet another live pod owns it: the record moved meanwhile
@@ -286,9 +322,11 @@ impl Sessions {
         }
         match self.handoff_peer(sid) {
             Some(peer) => Decision::Forward { owner: peer },
-            None if record.owner == self.settings.me => self
-                .resolve_local(sid, server, user)
-                .unwrap_or_else(|| self.adopt(record)),
+            None if record.owner == self.settings.me => match self.resolve_local(sid, server, user)
+            {
+                Some(d) => d,
+                None => self.adopt(record).await,
+            },
             None => Decision::Recover(Box::new(record)),
         }
     }
@@ -369,14 +407,60 @@ impl Sessions {
         })
     }
 
-    /// A record owned by this pod that the local table lost (the sidecar restarted).
-    fn adopt(&self, record: SessionRecord) -> Decision {
-        let upstream_sid = record.upstream_session_id.clone();
+    /// The local table's answer for `sid`. While this pod's standing is in doubt (see
+    /// `lease.rs`), only after the store confirmed that this pod still holds the session.
+    async fn owned_here(self: &Arc<Self>, sid: &str, server: &str, user: Option<&str>) -> Owned {
+        if !self.lease.in_doubt() {
+            return self
+                .resolve_local(sid, server, user)
+                .map_or(Owned::NotHere, Owned::Here);
+        }
+        if self
+            .local
+            .get(sid, server, user, self.settings.refresh_interval)
+            .is_none()
+        {
+            return Owned::NotHere;
+        }
+        match self.confirm(sid).await {
+            Confirmed::Held(upstream_sid) => Owned::Here(Decision::Local { upstream_sid }),
+            Confirmed::Deleted => Owned::Here(Decision::Unknown),
+            Confirmed::Lost(Some(now)) => Owned::Lost(now),
+            Confirmed::Lost(None) => Owned::NotHere,
+        }
+    }
+
+    /// A record the store says this pod owns, missing from the local table (the sidecar
+    /// restarted). Claimed with the next epoch, so that a peer recovering the session from
+    /// the same record at the same time loses.
+    async fn adopt(&self, record: SessionRecord) -> Decision {
+        let claimed = SessionRecord {
+            epoch: record.epoch + 1,
+            ..record.clone()
+        };
+        let sid = record.session_id.clone();
+        let held = match self
+            .store
+            .claim_session(&claimed, &record, false, self.settings.ttl)
+            .await
+        {
+            Ok(Standing::Held) => claimed,
+            Ok(Standing::Lost(now)) if now.owner != self.settings.me => {
+                return Decision::Forward { owner: now.owner }
+            }
+            Ok(Standing::Lost(now)) => *now,
+            Ok(Standing::Missing) => return Decision::Unknown,
+            Err(e) => {
+                self.store_failed("adopting failed", &sid, &e);
+                record
+            }
+        };
         info!(
-            "session {} adopted from the store (owned by this pod)",
-            record.session_id
+            "session {sid} adopted from the store (owned by this pod, epoch {})",
+            held.epoch
         );
-        self.local.insert(record);
+        let upstream_sid = held.upstream_session_id.clone();
+        self.local.insert(held);
         Decision::Local { upstream_sid }
     }
 
@@ -384,22 +468,60 @@ impl Sessions {
     fn refresh_later(self: &Arc<Self>, sid: String) {
         let this = Arc::clone(self);
         tokio::spawn(async move {
-            let ttl = this.settings.ttl;
-            match this.store.touch_session(&sid, unix_now(), ttl).await {
-                Ok(true) => {}
-                // the record is gone: deleted on purpose, unless the store lost everything
-                Ok(false) => match this.store.pod_alive(&this.settings.me).await {
-                    Ok(true) => {
-                        if this.local.remove(&sid) {
-                            info!("session {sid} was deleted from the store; dropped locally");
-                            METRICS.sessions.with_label_values(&["deleted"]).inc();
-                        }
-                    }
-                    _ => this.needs_resync.store(true, Ordering::Relaxed),
-                },
-                Err(e) => this.store_failed("TTL refresh failed", &sid, &e),
-            }
+            this.confirm(&sid).await;
         });
+    }
+
+    /// Asks the store whether this pod still holds `sid`, sliding its TTL if so; drops it from
+    /// the local table when a peer took it over or it was deleted.
+    async fn confirm(&self, sid: &str) -> Confirmed {
+        let Some(mine) = self.local.record(sid) else {
+            return Confirmed::Lost(None);
+        };
+        match self
+            .store
+            .touch_owned(&mine, unix_now(), self.settings.ttl)
+            .await
+        {
+            Ok(Standing::Held) => Confirmed::Held(mine.upstream_session_id),
+            Ok(Standing::Lost(now)) => {
+                self.lost(&mine, &now);
+                Confirmed::Lost(Some(now))
+            }
+            // deleted on purpose, unless the store lost its data: then this pod's registration
+            // is gone too, or was found gone (its standing is in doubt) and the resync writes
+            // the session again
+            Ok(Standing::Missing) => {
+                if !self.lease.in_doubt()
+                    && matches!(self.store.pod_alive(&self.settings.me).await, Ok(true))
+                {
+                    if self.local.remove_held(&mine) {
+                        info!("session {sid} was deleted from the store; dropped locally");
+                        METRICS.sessions.with_label_values(&["deleted"]).inc();
+                    }
+                    return Confirmed::Deleted;
+                }
+                self.needs_resync.store(true, Ordering::Relaxed);
+                Confirmed::Held(mine.upstream_session_id)
+            }
+            Err(e) => {
+                self.store_failed("TTL refresh failed", sid, &e);
+                Confirmed::Held(mine.upstream_session_id)
+            }
+        }
+    }
+
+    /// The store has `mine`'s session at another holder (`now`): this pod stops serving it.
+    fn lost(&self, mine: &SessionRecord, now: &SessionRecord) {
+        // this pod's own newer claim (a resync or another request) is no loss
+        if now.owner == self.settings.me || !self.local.remove_held(mine) {
+            return;
+        }
+        info!(
+            "session {} lost to pod {} (epoch {})",
+            mine.session_id, now.owner, now.epoch
+        );
+        METRICS.sessions.with_label_values(&["lost"]).inc();
     }
 
     /// Records a session an upstream just created (a 2xx initialize response).
@@ -682,7 +804,9 @@ impl Sessions {
                 .await
             {
                 Ok(true) => {
-                    let result = self.replay(record, route, path, reason, extra).await;
+                    let result = self
+                        .recover_locked(record, route, path, reason, extra)
+                        .await;
                     let _ = self.store.unlock(&lock, &token).await;
                     return result;
                 }
@@ -693,14 +817,8 @@ impl Sessions {
             // someone else is recovering it: wait until the record moves
             tokio::time::sleep(Duration::from_millis(25)).await;
             if let Ok(Some(now)) = self.store.load_session(&sid).await {
-                if now.upstream_session_id != record.upstream_session_id
-                    || now.owner != record.owner
-                {
-                    return Ok(if now.owner == self.settings.me {
-                        self.adopt(now)
-                    } else {
-                        Decision::Forward { owner: now.owner }
-                    });
+                if moved(&record, &now) {
+                    return Ok(self.placed(now).await);
                 }
             }
             if Instant::now() >= deadline {
@@ -709,9 +827,39 @@ impl Sessions {
         }
     }
 
+    /// Recovers `record` holding the lock, unless another pod (or request) recovered it
+    /// between the read that led here and the lock.
+    async fn recover_locked(
+        &self,
+        record: SessionRecord,
+        route: &Route,
+        path: &str,
+        reason: &str,
+        extra: &[Injected],
+    ) -> Result<Decision, RecoveryError> {
+        match self.store.load_session(&record.session_id).await {
+            Ok(Some(now)) if moved(&record, &now) => Ok(self.placed(now).await),
+            // unchanged, or the store cannot say: the claim after the replay decides
+            _ => self.replay(record, route, path, reason, extra).await,
+        }
+    }
+
+    /// Where a session lives that a recovery other than ours placed.
+    async fn placed(&self, now: SessionRecord) -> Decision {
+        if now.owner != self.settings.me {
+            return Decision::Forward { owner: now.owner };
+        }
+        match self.local.record(&now.session_id) {
+            Some(mine) if mine.same_holder(&now) => Decision::Local {
+                upstream_sid: mine.upstream_session_id,
+            },
+            _ => self.adopt(now).await,
+        }
+    }
+
     async fn replay(
         &self,
-        mut record: SessionRecord,
+        record: SessionRecord,
         route: &Route,
         path: &str,
         reason: &str,
@@ -743,18 +891,50 @@ impl Sessions {
         if !(200..300).contains(&answer.status) {
             return Err(RecoveryError::Refused(answer.status));
         }
-        let previous_owner = std::mem::replace(&mut record.owner, self.settings.me.clone());
-        record.upstream_session_id = new_sid.clone();
-        record.last_seen = unix_now();
         let sid = record.session_id.clone();
-        self.local.insert(record.clone());
-        if let Err(e) = self.store.save_session(&record, self.settings.ttl).await {
-            self.store_failed("saving the recovered session failed", &sid, &e);
+        let replayed = SessionRecord {
+            upstream_session_id: new_sid.clone(),
+            last_seen: unix_now(),
+            ..record.clone()
+        };
+        let claimed = SessionRecord {
+            owner: self.settings.me.clone(),
+            epoch: record.epoch + 1,
+            ..replayed.clone()
+        };
+        // a record of this pod's own that the store lost is written again, as the resync would
+        let create = record.owner == self.settings.me;
+        match self
+            .store
+            .claim_session(&claimed, &record, create, self.settings.ttl)
+            .await
+        {
+            Ok(Standing::Held) => self.local.insert(claimed),
+            Ok(Standing::Lost(now)) => {
+                // the upstream session just made stays unused and idles out upstream
+                info!(
+                    "session {sid}: pod {} took it over first (epoch {}); upstream session {new_sid} not used",
+                    now.owner, now.epoch
+                );
+                return Ok(self.placed(*now).await);
+            }
+            Ok(Standing::Missing) => {
+                info!("session {sid} was deleted while it was being recovered");
+                return Ok(Decision::Unknown);
+            }
+            Err(e) => {
+                self.store_failed("saving the recovered session failed", &sid, &e);
+                // until the claim reaches the store, the entry stands for the holder it takes
+                // the session from, which is what the resync claims it from
+                self.local.insert(replayed);
+            }
         }
         METRICS.sessions.with_label_values(&["recovered"]).inc();
         info!(
-            "session {sid} recovered ({reason}): initialize replayed to {}, upstream session {new_sid}, previous owner {previous_owner}, took {} ms",
+            "session {sid} recovered ({reason}): initialize replayed to {}, upstream session {new_sid}, previous owner {}, epoch {}, took {} ms",
             route.server_name,
+            record.owner,
+            record.epoch + 1,
             started.elapsed().as_millis()
         );
         Ok(Decision::Local {
@@ -762,25 +942,50 @@ impl Sessions {
         })
     }
 
-    /// One heartbeat: renew this pod's registration; re-register local sessions when the
-    /// store lost them; drop sessions idle past their TTL.
-    pub async fn heartbeat(&self, info: &str) {
+    /// One heartbeat: renews this pod's registration, then runs the housekeeping (re-register
+    /// local sessions when the store lost them, refresh SSE streams, drop sessions idle past
+    /// their TTL) in a task of its own. A long housekeeping round never delays the next
+    /// renewal: a late one lets the registration lapse, and peers take this pod's sessions.
+    pub async fn heartbeat(self: &Arc<Self>, info: &str) {
         if self.is_draining() {
             // registering again would draw the sessions back
             return;
         }
-        match self
+        let sent = Instant::now();
+        let answered = match self
             .store
             .heartbeat_pod(&self.settings.me, info, self.settings.pod_ttl)
             .await
         {
             Ok(existed) => {
-                let resync = self.needs_resync.swap(false, Ordering::Relaxed);
-                if !existed || resync {
-                    self.resync().await;
+                self.lease.renewed(sent, existed);
+                if !existed {
+                    self.needs_resync.store(true, Ordering::Relaxed);
                 }
+                true
             }
-            Err(_) => self.needs_resync.store(true, Ordering::Relaxed),
+            Err(_) => {
+                self.lease.unreachable();
+                self.needs_resync.store(true, Ordering::Relaxed);
+                false
+            }
+        };
+        if self.housekeeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let resync = answered && self.needs_resync.swap(false, Ordering::Relaxed);
+        let this = Arc::clone(self);
+        let round = tokio::spawn(async move {
+            let _done = Running(&this.housekeeping);
+            this.housekeep(resync).await;
+        });
+        // a quick round is over when the heartbeat returns; a long one goes on in the background
+        let _ = tokio::time::timeout(self.settings.heartbeat_interval / 2, round).await;
+    }
+
+    async fn housekeep(&self, resync: bool) {
+        if resync {
+            self.resync().await;
         }
         self.refresh_streams().await;
         let expired = self.local.expire_idle(self.settings.ttl);
@@ -793,29 +998,62 @@ impl Sessions {
         }
     }
 
+    /// Writes the local sessions to the store again: each only where the store still has it as
+    /// this pod holds it, or has nothing (a session a peer took over meanwhile is the peer's).
+    /// Each is claimed with the next epoch, so a peer that read the old record before this
+    /// pod registered again cannot take it over afterwards.
     async fn resync(&self) {
-        let stream_ttl = self.stream_ttl();
-        let records: Vec<(SessionRecord, Duration)> = (self.local.all().into_iter())
-            .map(|r| (r, self.settings.ttl))
-            .chain(self.streams.all().into_iter().map(|r| (r, stream_ttl)))
-            .collect();
-        if records.is_empty() {
-            return;
-        }
+        let ticket = self.lease.resync_started();
+        let sessions = self.local.all();
+        let streams = self.streams.all();
+        let total = sessions.len() + streams.len();
         let mut saved = 0;
-        for (r, ttl) in &records {
-            match self.store.save_session(r, *ttl).await {
-                Ok(()) => saved += 1,
+        let mut complete = true;
+        for held in &sessions {
+            if self.is_draining() {
+                return;
+            }
+            let claimed = SessionRecord {
+                owner: self.settings.me.clone(),
+                epoch: held.epoch + 1,
+                ..held.clone()
+            };
+            match self
+                .store
+                .claim_session(&claimed, held, true, self.settings.ttl)
+                .await
+            {
+                Ok(Standing::Lost(now)) => self.lost(held, &now),
+                // `Missing` is never the answer when creating
+                Ok(_) => {
+                    self.local.advance(held, claimed);
+                    saved += 1;
+                }
                 Err(_) => {
-                    self.needs_resync.store(true, Ordering::Relaxed);
+                    complete = false;
                     break;
                 }
             }
         }
-        info!(
-            "re-registered {saved} of {} local sessions with the store",
-            records.len()
-        );
+        // streams never change hands: their records are written as they are
+        let stream_ttl = self.stream_ttl();
+        for r in &streams {
+            if !complete {
+                break;
+            }
+            match self.store.save_session(r, stream_ttl).await {
+                Ok(()) => saved += 1,
+                Err(_) => complete = false,
+            }
+        }
+        if complete {
+            self.lease.resync_done(ticket);
+        } else {
+            self.needs_resync.store(true, Ordering::Relaxed);
+        }
+        if total > 0 {
+            info!("re-registered {saved} of {total} local sessions with the store");
+        }
     }
 
     /// Removes this pod's registration (shutdown), so peers recover its sessions at once.
@@ -827,6 +1065,20 @@ impl Sessions {
             ),
             Err(e) => warn!("pod {} could not deregister: {e}", self.settings.me),
         }
+    }
+}
+
+/// Whether the store's `now` is no longer the holder a recovery read as `record`.
+fn moved(record: &SessionRecord, now: &SessionRecord) -> bool {
+    !now.same_holder(record) || now.upstream_session_id != record.upstream_session_id
+}
+
+/// Clears a flag when dropped (also when the task holding it panics).
+struct Running<'a>(&'a AtomicBool);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 

@@ -2,7 +2,7 @@
 //! (the owned path must make none).
 
 use super::*;
-use crate::store::{MemoryStore, PodInfo};
+use crate::store::{MemoryStore, PodInfo, Standing};
 use async_trait::async_trait;
 use std::sync::atomic::AtomicUsize;
 
@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicUsize;
 struct Counting {
     inner: MemoryStore,
     calls: AtomicUsize,
+    /// Each claim takes this long (a slow store under a long resync).
+    slow_claims: Option<Duration>,
 }
 
 impl Counting {
@@ -34,6 +36,28 @@ impl SessionStore for Counting {
     async fn load_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
         self.hit();
         self.inner.load_session(id).await
+    }
+    async fn claim_session(
+        &self,
+        r: &SessionRecord,
+        seen: &SessionRecord,
+        create: bool,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        self.hit();
+        if let Some(pause) = self.slow_claims {
+            tokio::time::sleep(pause).await;
+        }
+        self.inner.claim_session(r, seen, create, ttl).await
+    }
+    async fn touch_owned(
+        &self,
+        held: &SessionRecord,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        self.hit();
+        self.inner.touch_owned(held, now, ttl).await
     }
     async fn touch_session(&self, id: &str, now: u64, ttl: Duration) -> Result<bool, StoreError> {
         self.hit();
@@ -288,4 +312,238 @@ async fn heartbeat_re_registers_sessions_a_store_lost() {
     a.heartbeat("{}").await;
     assert!(store.inner.load_session("s1").await.unwrap().is_some());
     assert!(store.inner.pod_alive("10.0.0.1:8081").await.unwrap());
+}
+
+const A: &str = "10.0.0.1:8081";
+const B: &str = "10.0.0.2:8081";
+const C: &str = "10.0.0.3:8081";
+
+/// `seen` taken over by `owner`, as its recovery writes it.
+fn taken_by(owner: &str, seen: &SessionRecord) -> SessionRecord {
+    SessionRecord {
+        owner: owner.into(),
+        upstream_session_id: format!("up-{owner}"),
+        epoch: seen.epoch + 1,
+        ..seen.clone()
+    }
+}
+
+/// Another pod recovers a session: claims it from the record it read.
+async fn take_over(store: &Counting, owner: &str, sid: &str) -> SessionRecord {
+    let seen = store.inner.load_session(sid).await.unwrap().unwrap();
+    let taken = taken_by(owner, &seen);
+    let ttl = Duration::from_secs(60);
+    assert_eq!(
+        store.inner.claim_session(&taken, &seen, false, ttl).await,
+        Ok(Standing::Held)
+    );
+    store.inner.heartbeat_pod(owner, "{}", ttl).await.unwrap();
+    taken
+}
+
+fn route_to(upstream: std::net::SocketAddr) -> Route {
+    Route {
+        prefix: "/mcp".into(),
+        server_name: "demo".into(),
+        upstream_addr: upstream,
+        upstream_authority: upstream.to_string(),
+        upstream_path: "/mcp".into(),
+        policy: Default::default(),
+        shared: false,
+    }
+}
+
+/// A minimal MCP server: every initialize gets a new session id (after `on_initialize` ran),
+/// everything else 202.
+async fn fake_mcp_server(on_initialize: impl Fn() + Send + Sync + 'static) -> Route {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let route = route_to(listener.local_addr().unwrap());
+    let on_initialize = Arc::new(on_initialize);
+    tokio::spawn(async move {
+        for n in 0.. {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // the sidecar's own requests are small and end with their JSON body
+            while !request.ends_with(b"}") {
+                let read = conn.read(&mut buf).await.unwrap();
+                assert!(read > 0, "request cut short");
+                request.extend_from_slice(&buf[..read]);
+            }
+            let answer = if String::from_utf8_lossy(&request).contains(r#""method":"initialize""#) {
+                on_initialize();
+                let body = r#"{"jsonrpc":"2.0","id":"mcp-sidecar-recovery","result":{}}"#;
+                format!(
+                    "HTTP/1.1 200 OK\r\nmcp-session-id: fresh-{n}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                )
+            } else {
+                "HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n".to_string()
+            };
+            conn.write_all(answer.as_bytes()).await.unwrap();
+        }
+    });
+    route
+}
+
+#[tokio::test]
+async fn a_pod_back_from_a_stall_forwards_the_sessions_peers_took_over() {
+    let store = Arc::new(Counting::default());
+    let a = Sessions::new(
+        store.clone(),
+        Settings {
+            pod_ttl: Duration::from_millis(50),
+            ..settings(A)
+        },
+    );
+    a.capture(record("s1", A)).await;
+    a.capture(record("s2", A)).await;
+    a.heartbeat("{}").await;
+    // A stalls past its pod TTL; B recovers s1 meanwhile
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    take_over(&store, B, "s1").await;
+    // A wakes up before its next heartbeat: it checks before serving
+    assert_eq!(
+        a.resolve("s1", "demo", None).await,
+        Decision::Forward { owner: B.into() }
+    );
+    assert!(a.local_record("s1").is_none(), "A dropped the lost session");
+    assert_eq!(
+        a.resolve("s2", "demo", None).await,
+        Decision::Local {
+            upstream_sid: "up-s2".into()
+        },
+        "what A still holds it serves"
+    );
+}
+
+#[tokio::test]
+async fn the_resync_never_takes_back_a_session_a_peer_took_over() {
+    let store = Arc::new(Counting::default());
+    let a = pod(&store, A);
+    a.capture(record("s1", A)).await;
+    a.capture(record("s2", A)).await;
+    a.heartbeat("{}").await;
+    // A's registration lapsed (a stall), and B recovered s1
+    store.inner.remove_pod(A).await.unwrap();
+    let taken = take_over(&store, B, "s1").await;
+    a.heartbeat("{}").await;
+    assert_eq!(store.inner.load_session("s1").await.unwrap(), Some(taken));
+    assert!(a.local_record("s1").is_none());
+    // what A still held it claimed again, with a new epoch
+    let s2 = store.inner.load_session("s2").await.unwrap().unwrap();
+    assert_eq!((s2.owner.as_str(), s2.epoch), (A, 2));
+    assert_eq!(a.local_record("s2").unwrap().epoch, 2);
+    // a peer that read s2 before A registered again cannot take it over afterwards
+    let stale = SessionRecord { epoch: 1, ..s2 };
+    assert!(matches!(
+        store
+            .claim_session(&taken_by(C, &stale), &stale, false, Duration::from_secs(60))
+            .await,
+        Ok(Standing::Lost(r)) if r.owner == A
+    ));
+}
+
+#[tokio::test]
+async fn recovery_re_reads_the_record_after_taking_its_lock() {
+    let store = Arc::new(Counting::default());
+    store
+        .save_session(&record("s1", A), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = pod(&store, C);
+    let Decision::Recover(seen) = c.resolve("s1", "demo", None).await else {
+        panic!("A is gone: C recovers");
+    };
+    // B recovers it first, between C's read and C's lock
+    take_over(&store, B, "s1").await;
+    // nothing listens there: a replay would fail
+    let nowhere = route_to("127.0.0.1:9".parse().unwrap());
+    let d = c
+        .recover(*seen, &nowhere, "/mcp", "owner pod gone", &[])
+        .await
+        .expect("no replay");
+    assert_eq!(d, Decision::Forward { owner: B.into() });
+}
+
+#[tokio::test]
+async fn a_recovery_that_loses_the_race_forwards_to_the_winner() {
+    let store = Arc::new(Counting::default());
+    store
+        .save_session(&record("s1", A), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let c = pod(&store, C);
+    let Decision::Recover(seen) = c.resolve("s1", "demo", None).await else {
+        panic!("A is gone: C recovers");
+    };
+    // while C replays the initialize, B takes the session over (it recovered it without the
+    // lock: the store was unreachable for B when it tried)
+    let winner = Arc::new(std::sync::Mutex::new(None));
+    let route = fake_mcp_server({
+        let (store, winner, seen) = (store.clone(), winner.clone(), seen.clone());
+        move || {
+            let taken = taken_by(B, &seen);
+            let claim = store
+                .inner
+                .claim_session(&taken, &seen, false, Duration::from_secs(60));
+            assert_eq!(
+                futures_util::FutureExt::now_or_never(claim),
+                Some(Ok(Standing::Held))
+            );
+            *winner.lock().unwrap() = Some(taken);
+        }
+    })
+    .await;
+    store
+        .heartbeat_pod(B, "{}", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let d = c
+        .recover(*seen, &route, "/mcp", "owner pod gone", &[])
+        .await
+        .unwrap();
+    assert_eq!(d, Decision::Forward { owner: B.into() });
+    assert_eq!(
+        store.inner.load_session("s1").await.unwrap(),
+        winner.lock().unwrap().clone(),
+        "C did not overwrite B's claim"
+    );
+    assert!(c.local_record("s1").is_none());
+}
+
+#[tokio::test]
+async fn a_slow_resync_does_not_hold_up_the_registration() {
+    let store = Arc::new(Counting {
+        slow_claims: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let a = Sessions::new(
+        store.clone(),
+        Settings {
+            heartbeat_interval: Duration::from_millis(100),
+            ..settings(A)
+        },
+    );
+    for i in 0..4 {
+        a.capture(record(&format!("s{i}"), A)).await;
+    }
+    // the first registration re-registers every session: 1.2 s of claims
+    let started = Instant::now();
+    a.heartbeat("{}").await;
+    assert!(started.elapsed() < Duration::from_millis(500));
+    assert!(store.inner.pod_alive(A).await.unwrap());
+    // the registration lapses meanwhile; the next heartbeat renews it at once
+    store.inner.remove_pod(A).await.unwrap();
+    let started = Instant::now();
+    a.heartbeat("{}").await;
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert!(store.inner.pod_alive(A).await.unwrap());
+    // the resync finished in the background
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for i in 0..4 {
+        let r = store.inner.load_session(&format!("s{i}")).await.unwrap();
+        assert_eq!(r.unwrap().epoch, 1);
+    }
 }

@@ -316,6 +316,7 @@ impl Shared {
                 init_result: Some(result),
                 created_at: now,
                 last_seen: now,
+                epoch: 0,
             })
             .await;
         if let Err(e) = self

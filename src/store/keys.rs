@@ -25,6 +25,8 @@ pub mod session_field {
     pub const INIT_RESULT: &str = "init_result";
     pub const CREATED_AT: &str = "created_at";
     pub const LAST_SEEN: &str = "last_seen";
+    /// The ownership epoch (absent in records of older sidecars: 0).
+    pub const EPOCH: &str = "epoch";
 }
 
 /// `mcp:pod:{address}`: a string (JSON about the pod) with a short TTL, refreshed by the pod's

@@ -1,7 +1,9 @@
 //! In-process store for single-pod mode: maps with deadlines. Expired entries vanish on read
 //! and are swept on write, so the maps cannot grow with dead entries.
 
-use super::{keys, Backend, PodInfo, SessionRecord, SessionStore, StoreError, UpstreamSession};
+use super::{
+    keys, Backend, PodInfo, SessionRecord, SessionStore, Standing, StoreError, UpstreamSession,
+};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -114,6 +116,45 @@ impl SessionStore for MemoryStore {
             .sessions
             .live(session_id, Instant::now())
             .map(|(r, _)| r.clone()))
+    }
+
+    async fn claim_session(
+        &self,
+        record: &SessionRecord,
+        seen: &SessionRecord,
+        create: bool,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match inner.sessions.live(&record.session_id, now) {
+            Some((current, _)) if current.same_holder(seen) => {}
+            Some((current, _)) => return Ok(Standing::Lost(Box::new(current.clone()))),
+            None if create => {}
+            None => return Ok(Standing::Missing),
+        }
+        inner
+            .sessions
+            .insert(&record.session_id, record.clone(), ttl, now);
+        Ok(Standing::Held)
+    }
+
+    async fn touch_owned(
+        &self,
+        held: &SessionRecord,
+        now_unix: u64,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        let now = Instant::now();
+        Ok(match self.lock().sessions.live(&held.session_id, now) {
+            Some((current, exp)) if current.same_holder(held) => {
+                current.last_seen = now_unix;
+                *exp = now + ttl;
+                Standing::Held
+            }
+            Some((current, _)) => Standing::Lost(Box::new(current.clone())),
+            None => Standing::Missing,
+        })
     }
 
     async fn touch_session(
@@ -330,6 +371,51 @@ mod tests {
         assert!(s.delete_session("a").await.unwrap());
         assert!(!s.delete_session("a").await.unwrap());
         assert_eq!(s.load_session("a").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn sessions_change_hands_only_from_the_holder_the_claimant_saw() {
+        let s = MemoryStore::new();
+        let ttl = Duration::from_secs(60);
+        let seen = record("a");
+        s.save_session(&seen, ttl).await.unwrap();
+        let by = |owner: &str, from: &SessionRecord| SessionRecord {
+            owner: owner.into(),
+            epoch: from.epoch + 1,
+            ..from.clone()
+        };
+        // two pods take over from the same record: the first wins, the second learns who
+        let b = by("10.0.0.2:8081", &seen);
+        assert_eq!(
+            s.claim_session(&b, &seen, false, ttl).await,
+            Ok(Standing::Held)
+        );
+        let c = by("10.0.0.3:8081", &seen);
+        assert_eq!(
+            s.claim_session(&c, &seen, true, ttl).await,
+            Ok(Standing::Lost(Box::new(b.clone())))
+        );
+        assert_eq!(s.load_session("a").await.unwrap(), Some(b.clone()));
+        // only the holder slides the TTL
+        assert_eq!(
+            s.touch_owned(&seen, 7, ttl).await,
+            Ok(Standing::Lost(Box::new(b.clone())))
+        );
+        assert_eq!(s.touch_owned(&b, 7, ttl).await, Ok(Standing::Held));
+        assert_eq!(s.load_session("a").await.unwrap().unwrap().last_seen, 7);
+        // a missing record is created only when asked to
+        s.delete_session("a").await.unwrap();
+        assert_eq!(s.touch_owned(&b, 8, ttl).await, Ok(Standing::Missing));
+        assert_eq!(
+            s.claim_session(&c, &seen, false, ttl).await,
+            Ok(Standing::Missing)
+        );
+        assert_eq!(s.load_session("a").await.unwrap(), None);
+        assert_eq!(
+            s.claim_session(&c, &seen, true, ttl).await,
+            Ok(Standing::Held)
+        );
+        assert_eq!(s.load_session("a").await.unwrap(), Some(c));
     }
 
     #[tokio::test]

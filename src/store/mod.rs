@@ -82,6 +82,28 @@ pub struct SessionRecord {
     /// Unix seconds.
     pub created_at: u64,
     pub last_seen: u64,
+    /// Ownership epoch: raised by one whenever the session changes hands (recovery, adoption,
+    /// re-registration after a lapse), so a pod can tell that the record it holds is still
+    /// current. Records of older sidecars have none: 0.
+    pub epoch: u64,
+}
+
+/// What the store has of a session, compared with the `owner` and `epoch` a pod last saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Standing {
+    /// Unchanged: the write or touch was done.
+    Held,
+    /// Another pod took the session over (or the epoch moved on): the store's record.
+    Lost(Box<SessionRecord>),
+    /// No record (deleted, expired, or the store lost its data).
+    Missing,
+}
+
+impl SessionRecord {
+    /// Whether `other` is the same ownership of the session (same owner, same epoch).
+    pub fn same_holder(&self, other: &SessionRecord) -> bool {
+        self.owner == other.owner && self.epoch == other.epoch
+    }
 }
 
 /// A live sidecar as registered by its heartbeat.
@@ -144,7 +166,29 @@ pub trait SessionStore: Send + Sync + 'static {
 
     async fn load_session(&self, session_id: &str) -> Result<Option<SessionRecord>, StoreError>;
 
-    /// Slides the TTL and stamps `last_seen`. `false` when the session is unknown.
+    /// Takes a session over: writes `record` (whose epoch is one past `seen`'s) only while the
+    /// store still has the session at `seen`'s owner and epoch, or, with `create`, has no record
+    /// of it. Atomic: of two pods taking over from the same epoch, one gets `Held`, the other
+    /// `Lost` with the winner's record.
+    async fn claim_session(
+        &self,
+        record: &SessionRecord,
+        seen: &SessionRecord,
+        create: bool,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError>;
+
+    /// Slides the TTL of `held`'s session and stamps `last_seen`, only while the store still has
+    /// it at `held`'s owner and epoch: how a pod keeps a session it may have lost.
+    async fn touch_owned(
+        &self,
+        held: &SessionRecord,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError>;
+
+    /// Slides the TTL and stamps `last_seen` whoever holds the session (legacy SSE streams,
+    /// which never change hands). `false` when the session is unknown.
     async fn touch_session(
         &self,
         session_id: &str,

@@ -4,7 +4,7 @@
 
 use super::keys::{self, session_field as f};
 use super::{
-    Backend, PodInfo, SessionRecord, SessionStore, StoreError, Transport, UpstreamSession,
+    Backend, PodInfo, SessionRecord, SessionStore, Standing, StoreError, Transport, UpstreamSession,
 };
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -26,6 +26,43 @@ static TOUCH: LazyLock<redis::Script> = LazyLock::new(|| {
           end
           return 0",
     )
+});
+
+/// Lua: compares the session hash KEYS[1] with the owner ARGV[1] and epoch ARGV[2] a pod last
+/// saw (a record without an epoch is at 0); `lost()` answers with the store's record.
+const COMPARE_HOLDER: &str = r"local held = redis.call('HMGET', KEYS[1], 'owner', 'epoch')
+local same = held[1] == ARGV[1] and (held[2] or '0') == ARGV[2]
+local function lost() return {'lost', unpack(redis.call('HGETALL', KEYS[1]))} end
+";
+
+/// Takes a session over (`SessionStore::claim_session`): ARGV[3] is 1 to create a missing
+/// record, ARGV[4] the TTL in ms, then the new record's fields and values.
+static CLAIM: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{COMPARE_HOLDER}
+          if not held[1] then
+            if ARGV[3] ~= '1' then return {{'missing'}} end
+          elseif not same then
+            return lost()
+          end
+          redis.call('DEL', KEYS[1])
+          redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+          redis.call('PEXPIRE', KEYS[1], ARGV[4])
+          return {{'held'}}"
+    ))
+});
+
+/// Slides a session's TTL while the pod asking still holds it (`SessionStore::touch_owned`):
+/// ARGV[3] is the TTL in ms, ARGV[4] the time for `last_seen`.
+static TOUCH_OWNED: LazyLock<redis::Script> = LazyLock::new(|| {
+    redis::Script::new(&format!(
+        r"{COMPARE_HOLDER}
+          if not held[1] then return {{'missing'}} end
+          if not same then return lost() end
+          redis.call('PEXPIRE', KEYS[1], ARGV[3])
+          redis.call('HSET', KEYS[1], 'last_seen', ARGV[4])
+          return {{'held'}}"
+    ))
 });
 
 /// Releases a lock only for the holder that took it.
@@ -169,25 +206,7 @@ impl SessionStore for RedisStore {
 
     async fn save_session(&self, r: &SessionRecord, ttl: Duration) -> Result<(), StoreError> {
         let key = keys::session(&r.session_id);
-        let mut fields: Vec<(&str, String)> = vec![
-            (f::UPSTREAM_SESSION_ID, r.upstream_session_id.clone()),
-            (f::OWNER, r.owner.clone()),
-            (f::SERVER, r.server_name.clone()),
-            (f::TRANSPORT, r.transport.as_str().to_string()),
-            (f::CREATED_AT, r.created_at.to_string()),
-            (f::LAST_SEEN, r.last_seen.to_string()),
-        ];
-        for (name, value) in [
-            (f::USER, &r.user),
-            (f::PROTOCOL_VERSION, &r.protocol_version),
-            (f::INIT_PARAMS, &r.init_params),
-            (f::CONTEXT, &r.context),
-            (f::INIT_RESULT, &r.init_result),
-        ] {
-            if let Some(v) = value {
-                fields.push((name, v.clone()));
-            }
-        }
+        let fields = hash_of(r);
         let mut pipe = redis::pipe();
         pipe.atomic()
             .del(&key)
@@ -224,6 +243,52 @@ impl SessionStore for RedisStore {
             .run("hub_key", |mut c| async move { c.hgetall(key).await })
             .await?;
         Ok((!map.is_empty()).then_some(map))
+    }
+
+    async fn claim_session(
+        &self,
+        record: &SessionRecord,
+        seen: &SessionRecord,
+        create: bool,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        let key = keys::session(&record.session_id);
+        let mut invocation = CLAIM.key(&key);
+        invocation
+            .arg(&seen.owner)
+            .arg(seen.epoch)
+            .arg(u8::from(create))
+            .arg(ttl_millis(ttl));
+        for (name, value) in hash_of(record) {
+            invocation.arg(name).arg(value);
+        }
+        let answer: Vec<String> = self
+            .run("claim_session", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        standing(&record.session_id, key, answer)
+    }
+
+    async fn touch_owned(
+        &self,
+        held: &SessionRecord,
+        now: u64,
+        ttl: Duration,
+    ) -> Result<Standing, StoreError> {
+        let key = keys::session(&held.session_id);
+        let mut invocation = TOUCH_OWNED.key(&key);
+        invocation
+            .arg(&held.owner)
+            .arg(held.epoch)
+            .arg(ttl_millis(ttl))
+            .arg(now);
+        let answer: Vec<String> = self
+            .run("touch_owned", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
+            .await?;
+        standing(&held.session_id, key, answer)
     }
 
     async fn touch_session(
@@ -496,6 +561,53 @@ impl SessionStore for RedisStore {
     }
 }
 
+/// The hash fields of a record.
+fn hash_of(r: &SessionRecord) -> Vec<(&'static str, String)> {
+    let mut fields: Vec<(&str, String)> = vec![
+        (f::UPSTREAM_SESSION_ID, r.upstream_session_id.clone()),
+        (f::OWNER, r.owner.clone()),
+        (f::SERVER, r.server_name.clone()),
+        (f::TRANSPORT, r.transport.as_str().to_string()),
+        (f::CREATED_AT, r.created_at.to_string()),
+        (f::LAST_SEEN, r.last_seen.to_string()),
+        (f::EPOCH, r.epoch.to_string()),
+    ];
+    for (name, value) in [
+        (f::USER, &r.user),
+        (f::PROTOCOL_VERSION, &r.protocol_version),
+        (f::INIT_PARAMS, &r.init_params),
+        (f::CONTEXT, &r.context),
+        (f::INIT_RESULT, &r.init_result),
+    ] {
+        if let Some(v) = value {
+            fields.push((name, v.clone()));
+        }
+    }
+    fields
+}
+
+/// Reads a `COMPARE_HOLDER` script's answer: `held`, `missing`, or `lost` and the record's hash.
+fn standing(session_id: &str, key: String, answer: Vec<String>) -> Result<Standing, StoreError> {
+    let mut answer = answer.into_iter();
+    match answer.next().as_deref() {
+        Some("held") => Ok(Standing::Held),
+        Some("missing") => Ok(Standing::Missing),
+        Some("lost") => {
+            let mut hash = HashMap::new();
+            while let (Some(k), Some(v)) = (answer.next(), answer.next()) {
+                hash.insert(k, v);
+            }
+            record_from_hash(session_id, hash)
+                .map(|r| Standing::Lost(Box::new(r)))
+                .map_err(|message| StoreError::Corrupt { key, message })
+        }
+        other => Err(StoreError::Corrupt {
+            key,
+            message: format!("unexpected script answer {other:?}"),
+        }),
+    }
+}
+
 fn record_from_hash(
     session_id: &str,
     mut map: HashMap<String, String>,
@@ -513,6 +625,10 @@ fn record_from_hash(
     };
     let created_at = number(required(f::CREATED_AT)?, f::CREATED_AT)?;
     let last_seen = number(required(f::LAST_SEEN)?, f::LAST_SEEN)?;
+    let epoch = match map.remove(f::EPOCH) {
+        Some(v) => number(v, f::EPOCH)?,
+        None => 0,
+    };
     Ok(SessionRecord {
         session_id: session_id.to_string(),
         upstream_session_id,
@@ -526,5 +642,6 @@ fn record_from_hash(
         init_result: map.remove(f::INIT_RESULT),
         created_at,
         last_seen,
+        epoch,
     })
 }

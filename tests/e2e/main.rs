@@ -10,6 +10,7 @@ mod edges;
 mod hardening;
 mod hub;
 mod legacy;
+mod ownership;
 mod pods;
 mod redis_mode;
 mod shared;

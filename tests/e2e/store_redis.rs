@@ -1,7 +1,7 @@
 //! The Redis session store against a real redis-server: schema, TTLs, outage and reconnect.
 
 use crate::harness::*;
-use mcp_sidecar::store::{keys, RedisStore, SessionRecord, SessionStore};
+use mcp_sidecar::store::{keys, RedisStore, SessionRecord, SessionStore, Standing};
 use std::time::{Duration, Instant};
 
 fn record(id: &str) -> SessionRecord {
@@ -214,4 +214,72 @@ async fn pods_locks_and_listings() {
         let t: i64 = redis::cmd("PTTL").arg(k).query_async(&mut c).await.unwrap();
         assert!(t > 0, "{k} has no TTL");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_change_hands_only_from_the_holder_the_claimant_saw() {
+    let dir = test_dir("store-claims");
+    let redis = Redis::start(&dir);
+    let s = store(&redis);
+    let ttl = Duration::from_secs(60);
+    let by = |owner: &str, from: &SessionRecord| SessionRecord {
+        owner: owner.into(),
+        upstream_session_id: format!("up-{owner}"),
+        epoch: from.epoch + 1,
+        ..from.clone()
+    };
+    // a record of an older sidecar has no epoch: it is at 0
+    let mut c = raw(&redis).await;
+    let seen = record("abc");
+    s.save_session(&seen, ttl).await.unwrap();
+    let _: () = redis::cmd("HDEL")
+        .arg(keys::session("abc"))
+        .arg("epoch")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(s.load_session("abc").await.unwrap().unwrap().epoch, 0);
+
+    // two pods take over from the same record: the first wins, the second learns who
+    let b = by("10.0.0.8:8080", &seen);
+    assert_eq!(
+        s.claim_session(&b, &seen, false, ttl).await,
+        Ok(Standing::Held)
+    );
+    let lost_to_b = Ok(Standing::Lost(Box::new(b.clone())));
+    let late = by("10.0.0.9:8080", &seen);
+    assert_eq!(s.claim_session(&late, &seen, true, ttl).await, lost_to_b);
+    assert_eq!(s.load_session("abc").await.unwrap(), Some(b.clone()));
+    let epoch: String = redis::cmd("HGET")
+        .arg(keys::session("abc"))
+        .arg("epoch")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(epoch, "1");
+    // the claim replaced the whole record, with the TTL asked for
+    assert!(s.session_ttl("abc").await.unwrap().unwrap() > Duration::from_secs(55));
+
+    // only the holder slides the TTL
+    assert_eq!(s.touch_owned(&seen, 7, ttl).await, lost_to_b);
+    assert_eq!(
+        s.touch_owned(&b, 7, Duration::from_secs(600)).await,
+        Ok(Standing::Held)
+    );
+    assert_eq!(s.load_session("abc").await.unwrap().unwrap().last_seen, 7);
+    assert!(s.session_ttl("abc").await.unwrap().unwrap() > Duration::from_secs(590));
+
+    // a missing record is created only when asked to, and never by a touch
+    s.delete_session("abc").await.unwrap();
+    assert_eq!(s.touch_owned(&b, 8, ttl).await, Ok(Standing::Missing));
+    assert_eq!(
+        s.claim_session(&late, &seen, false, ttl).await,
+        Ok(Standing::Missing)
+    );
+    assert_eq!(s.load_session("abc").await.unwrap(), None);
+    assert_eq!(
+        s.claim_session(&late, &seen, true, ttl).await,
+        Ok(Standing::Held)
+    );
+    assert_eq!(s.load_session("abc").await.unwrap(), Some(late));
 }
