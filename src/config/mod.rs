@@ -675,6 +675,16 @@ impl Config {
             .filter(|s| !s.is_empty())
     }
 
+    /// What works but is weaker than it should be: said at startup and in readiness details.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let hub = self.routes.iter().any(|r| r.auth != AuthMode::None);
+        if hub && self.redis_url().is_some() && self.token_encryption_key().is_none() {
+            out.push("auth.token_encryption_key is not set: service tokens in Redis are written and read as plaintext (set it, then run `mcp-sidecar keys reencrypt`)".to_string());
+        }
+        out
+    }
+
     /// The admin token, if set and non-empty.
     pub fn admin_token(&self) -> Option<&str> {
         self.admin.token.as_deref().filter(|s| !s.is_empty())
@@ -1047,6 +1057,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.field, "routes[1].server_name");
+    }
+
+    #[test]
+    fn plaintext_tokens_in_redis_are_warned_about() {
+        let hub = "redis: {url: 'redis://127.0.0.1:6379'}\npeer: {secret: 0123456789abcdef}\nserver: {advertise_address: '10.0.0.7:8081'}\nroutes:\n  - {prefix: /a, upstream: 'http://127.0.0.1:1', server_name: a, auth: required}\n";
+        let w = parse(hub).unwrap().warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("auth.token_encryption_key"), "{w:?}");
+        let key = format!(
+            "auth: {{token_encryption_key: '{}'}}\n{hub}",
+            "ab".repeat(32)
+        );
+        assert!(parse(&key).unwrap().warnings().is_empty());
+        // no hub routes, or no Redis: no tokens stored there
+        assert!(parse(MINIMAL).unwrap().warnings().is_empty());
     }
 
     #[test]
