@@ -59,12 +59,10 @@ impl Hops {
     /// cannot pose as a peer); on the peer listener they must verify, once, and so must the
     /// body when it is already complete (else `settle` checks it).
     pub fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
-        let body = if ctx.body_complete {
-            Some(session.as_ref().get_retry_buffer().unwrap_or_default())
-        } else if session.as_mut().is_body_empty() {
-            Some(Bytes::new())
-        } else {
-            None
+        // only a peer's body is checked here; a client's is not copied for nothing
+        let body = match ctx.from_peer {
+            true => known_body(session, ctx),
+            false => None,
         };
         let req = session.req_header();
         match self.check(req, ctx.from_peer, body.as_deref(), peer::unix_now()) {
@@ -177,16 +175,8 @@ impl Hops {
         let secret = self.secret.as_deref().ok_or_else(|| {
             Error::explain(ErrorType::InternalError, "forwarding without peer.secret")
         })?;
-        // a body read before the upstream was chosen is in Pingora's retry buffer; a larger
-        // one leaves after these headers and gets a trailer instead
-        let body = if ctx.body_complete {
-            Some(session.as_ref().get_retry_buffer().unwrap_or_default())
-        } else if session.as_mut().is_body_empty() {
-            Some(Bytes::new())
-        } else {
-            None
-        };
-        let claim = body.as_deref().map(peer::body_claim);
+        // a larger body leaves after these headers and gets a trailer instead
+        let claim = known_body(session, ctx).as_deref().map(peer::body_claim);
         let nonce = peer::nonce();
         let claims = HopClaims {
             hop: 1,
@@ -218,6 +208,18 @@ impl Hops {
             upstream_request.insert_header(name, value)?;
         }
         Ok(())
+    }
+}
+
+/// The whole body, when it is known before the upstream gets the headers: read in
+/// `request_filter` (it is in Pingora's retry buffer), or none at all.
+fn known_body(session: &mut Session, ctx: &RequestCtx) -> Option<Bytes> {
+    if ctx.body_complete {
+        Some(session.as_ref().get_retry_buffer().unwrap_or_default())
+    } else if session.as_mut().is_body_empty() {
+        Some(Bytes::new())
+    } else {
+        None
     }
 }
 
