@@ -1,10 +1,13 @@
 //! The peer hop's guarantees, end to end: two pods sharing Redis. Requests pod B forwards to the
 //! session's owner A work, small and large bodies alike; hops sent to A's peer port are refused
-//! when replayed, when their body is not the one signed, or when signed outside the window.
+//! when replayed (crafted, or captured on the wire between B and A), when their body is not the
+//! one signed, or when signed outside the window.
 
 use crate::harness::*;
 use mcp_sidecar::peer::{body_claim, nonce, HopClaims, BODY_TRAILER, TRAILER_LEN};
 use serde_json::json;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The headers of a hop to `owner` for `sid`, signed with `secret` over `body` (or announcing a
 /// trailer when `None`), timed `offset` seconds from now.
@@ -163,4 +166,98 @@ async fn forwarded_requests_work_and_replayed_or_altered_hops_do_not() {
         .1;
     assert!(!log.contains(&signature[3..]), "the log shows a signature");
     assert!(!log.contains(PEER_SECRET));
+}
+
+/// A TCP relay in front of a pod's peer port that keeps every byte sent toward it.
+struct Tap {
+    addr: String,
+    seen: Arc<Mutex<Vec<u8>>>,
+    target: Arc<Mutex<Option<String>>>,
+}
+
+impl Tap {
+    async fn start() -> Tap {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tap = Tap {
+            addr: listener.local_addr().unwrap().to_string(),
+            seen: Arc::default(),
+            target: Arc::default(),
+        };
+        let (seen, target) = (tap.seen.clone(), tap.target.clone());
+        tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let to = target.lock().unwrap().clone().expect("tap target set");
+                let outbound = tokio::net::TcpStream::connect(to).await.unwrap();
+                let (mut in_read, mut in_write) = inbound.into_split();
+                let (mut out_read, mut out_write) = outbound.into_split();
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = in_read.read(&mut buf).await {
+                        seen.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if out_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                });
+            }
+        });
+        tap
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hop_captured_on_the_wire_and_sent_again_is_refused() {
+    let dir = test_dir("hop-captured");
+    let redis = Redis::start(&dir);
+    // pod A advertises the tap, so B's hops to A pass through it
+    let tap = Tap::start().await;
+    let a = Pod::on_full(
+        &dir,
+        "127.0.0.1",
+        &redis,
+        &[("advertise_address", tap.addr.as_str())],
+        "",
+        Transport::StreamableHttp,
+    );
+    *tap.target.lock().unwrap() = Some(format!("127.0.0.1:{}", a.sidecar.peer_port));
+    let b = Pod::on(&dir, "127.0.0.2", &redis, "");
+    let client = reqwest::Client::new();
+    let sid = open_session(&client, &a.sidecar.url("/mcp")).await;
+    assert_eq!(
+        call_tool(&client, &b.sidecar.url("/mcp"), &sid, "count", json!({})).await,
+        "1"
+    );
+    let captured = tap.seen.lock().unwrap().clone();
+    let head = String::from_utf8_lossy(&captured);
+    assert!(
+        head.starts_with("POST /mcp") && head.contains("x-mcp-sidecar-hop-signature: v3:"),
+        "{head}"
+    );
+
+    // the same bytes, straight to A's peer port
+    let mut replay = tokio::net::TcpStream::connect(format!("127.0.0.1:{}", a.sidecar.peer_port))
+        .await
+        .unwrap();
+    replay.write_all(&captured).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        replay.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the owner answers and closes")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(answer.contains("already used"), "{answer}");
+    refusals(&a.sidecar, "replayed", 1.0).await;
+    // the tool ran once
+    assert_eq!(
+        call_tool(&client, &b.sidecar.url("/mcp"), &sid, "count", json!({})).await,
+        "2"
+    );
 }
