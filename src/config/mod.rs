@@ -785,7 +785,7 @@ fn validate_host_port(value: &str) -> Result<(), String> {
 
 /// A YAML syntax error without the scalars it quotes between backticks (the parser does not
 /// say which field they belong to; it may be a secret).
-fn unquoted(message: &str) -> String {
+pub(crate) fn unquoted(message: &str) -> String {
     message
         .split('`')
         .enumerate()

@@ -173,10 +173,12 @@ impl KeyFile {
         text: &str,
         cipher: Option<&TokenCipher>,
     ) -> Result<HashMap<String, HubUser>, String> {
-        let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        // the file holds tokens: parser messages lose the values they quote
+        let quiet = |e: serde_yaml::Error| crate::config::unquoted(&e.to_string());
+        let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(quiet)?;
         crate::config::expand_tree(&mut tree, &|name| std::env::var(name).ok())
             .map_err(|e| format!("{}: {}", e.path, e.reason))?;
-        let file: KeyFile = serde_yaml::from_value(tree).map_err(|e| e.to_string())?;
+        let file: KeyFile = serde_yaml::from_value(tree).map_err(quiet)?;
         let mut out = HashMap::new();
         for (i, e) in file.keys.into_iter().enumerate() {
             let at = |m: &str| format!("keys[{i}]: {m}");
@@ -283,6 +285,19 @@ mod tests {
         assert!(!users[&"b".repeat(64)].active);
         assert!(KeyFile::parse("keys:\n  - {key_sha256: abc, user_id: x}\n", None).is_err());
         assert!(KeyFile::parse("keys:\n  - {key_sha256: abc, user: x}\n", None).is_err());
+    }
+
+    #[test]
+    fn key_file_errors_do_not_quote_tokens() {
+        let text = format!(
+            "keys:\n  - {{key_sha256: {}, user_id: u, tokens: {{GITHUB_TOKEN: 98765432101234}}}}\n",
+            "a".repeat(64)
+        );
+        let e = KeyFile::parse(&text, None).unwrap_err();
+        assert!(
+            !e.contains("98765432101234") && e.contains("invalid type"),
+            "{e}"
+        );
     }
 
     #[test]
