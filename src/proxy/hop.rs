@@ -299,6 +299,11 @@ mod tests {
             h.check(&r, true, Some(BODY), 1001).unwrap_err(),
             HopError::Replayed
         );
+        // a retry is signed again (sign runs per attempt): a new nonce, a new signature, in
+        // the same second
+        let retried = signed(1000, ME, Some(BODY), "");
+        assert_ne!(retried.headers[HOP_SIGNATURE], r.headers[HOP_SIGNATURE]);
+        assert!(h.check(&retried, true, Some(BODY), 1000).is_ok());
         // the same request verifies with the right secret only
         let r = signed(1000, ME, Some(BODY), "");
         assert_eq!(
