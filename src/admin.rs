@@ -16,6 +16,8 @@ use std::sync::Arc;
 pub struct AdminApp {
     sessions: Arc<Sessions>,
     token: Option<String>,
+    /// Configuration weaknesses, repeated in readiness so they stay visible after startup.
+    warnings: Vec<String>,
 }
 
 impl AdminApp {
@@ -23,13 +25,27 @@ impl AdminApp {
         AdminApp {
             sessions,
             token: token.map(str::to_string),
+            warnings: Vec::new(),
         }
+    }
+
+    pub fn with_warnings(mut self, warnings: Vec<String>) -> AdminApp {
+        self.warnings = warnings;
+        self
     }
 
     /// Ready unless the process is broken. A Redis outage reports `degraded` with 200: taking
     /// every pod out of the Service because Redis blinked would turn a partial outage (no
-    /// cross-pod continuity) into a total one.
+    /// cross-pod continuity) into a total one. Configuration warnings do not change the status.
     async fn readiness(&self) -> (StatusCode, Value) {
+        let (status, mut body) = self.store_readiness().await;
+        if !self.warnings.is_empty() {
+            body["warnings"] = json!(self.warnings);
+        }
+        (status, body)
+    }
+
+    async fn store_readiness(&self) -> (StatusCode, Value) {
         if self.sessions.is_draining() {
             return (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -72,11 +72,17 @@ fn main() -> ExitCode {
         };
     }
     if cli.pingora.test {
+        for w in config.warnings() {
+            eprintln!("mcp-sidecar: warning: {w}");
+        }
         println!(
             "mcp-sidecar: configuration file {} is valid",
             path.display()
         );
         return ExitCode::SUCCESS;
+    }
+    for w in config.warnings() {
+        warn!("{w}");
     }
 
     let store: Arc<dyn SessionStore> = match config.redis_url() {
@@ -141,7 +147,7 @@ fn main() -> ExitCode {
     proxy_service.add_tcp(&config.server.peer_listen);
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(sessions.clone(), config.admin_token()),
+        AdminApp::new(sessions.clone(), config.admin_token()).with_warnings(config.warnings()),
     );
     admin.add_tcp(&config.server.admin_listen);
     admin.threads = Some(1);

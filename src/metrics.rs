@@ -55,6 +55,8 @@ pub struct Metrics {
     /// (DNS rebinding checks), body (not one JSON-RPC message or batch under the strict
     /// reading), session_limit.
     pub client_refusals: IntCounterVec,
+    /// Peer hops refused, by reason (see `peer::HopError::label`).
+    pub hop_refusals: IntCounterVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -172,6 +174,12 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     shared_in_flight: register_int_gauge!(
         "mcp_sidecar_shared_in_flight",
         "Client requests in flight on this pod's shared upstream sessions"
+    )
+    .expect("metric registers once"),
+    hop_refusals: register_int_counter_vec!(
+        "mcp_sidecar_hop_refusals_total",
+        "Peer hops refused, by reason: from_client, not_configured, missing, version, too_many_hops, bad_signature, expired, misdirected, body_digest, replayed, replay_cache_full",
+        &["reason"]
     )
     .expect("metric registers once"),
 }

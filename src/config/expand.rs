@@ -79,6 +79,7 @@ fn display_path(path: &str) -> String {
 }
 
 /// Expands one string. `$$` is a literal `$`; a `$` not followed by `{` stays as it is.
+/// Errors name the variable, never the value around it: it may be a secret.
 pub fn expand_str(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
@@ -91,14 +92,16 @@ pub fn expand_str(input: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Resul
         } else if let Some(body) = after.strip_prefix('{') {
             let end = body
                 .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in {input:?}"))?;
+                .ok_or("unterminated `${` (write $$ for a literal $)")?;
             let expr = &body[..end];
             let (name, default) = match expr.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
                 None => (expr, None),
             };
             if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-                return Err(format!("`${{{expr}}}` is not a valid variable reference"));
+                return Err(
+                    "`${` is not followed by a variable name (letters, digits, '_') and `}` (write $$ for a literal $)".into(),
+                );
             }
             match (lookup(name).filter(|v| !v.is_empty()), default) {
                 (Some(v), _) => out.push_str(&v),
@@ -146,6 +149,15 @@ mod tests {
         assert!(err.contains("REDIS_URL"), "{err}");
         assert!(expand_str("${bad-name}", &env).is_err());
         assert!(expand_str("${OPEN", &env).is_err());
+    }
+
+    #[test]
+    fn errors_never_quote_the_value() {
+        for secret in ["s3cr3t-${oops", "s3cr3t-${not-a-name}-x"] {
+            let err = expand_str(secret, &env).unwrap_err();
+            assert!(!err.contains("s3cr3t") && !err.contains("oops"), "{err}");
+            assert!(!err.contains("not-a-name"), "{err}");
+        }
     }
 
     #[test]

@@ -100,6 +100,7 @@ pub struct AuthSection {
     /// changes.
     pub keys_file: Option<PathBuf>,
     /// 64 hex characters: service tokens in the registry are AES-256-GCM encrypted with it.
+    #[serde(deserialize_with = "secret_string")]
     pub token_encryption_key: Option<String>,
     /// Named in `WWW-Authenticate`.
     pub realm: String,
@@ -166,6 +167,7 @@ impl Default for ServerSection {
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
     /// `redis://[user:password@]host:port[/db]`. Empty or absent: in-process store.
+    #[serde(deserialize_with = "secret_string")]
     pub url: Option<String>,
     /// Per-attempt connect timeout.
     #[serde(with = "human_duration")]
@@ -227,19 +229,43 @@ impl Default for SessionSection {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PeerSection {
     /// Shared by every sidecar of a deployment; signs forwarded requests (HMAC-SHA256).
     /// Required with `redis.url`.
+    #[serde(deserialize_with = "secret_string")]
     pub secret: Option<String>,
+    /// How far apart two pods' clocks may be: a hop signed up to this far in the receiver's
+    /// future, or this much longer ago than its transit allowance, is accepted.
+    #[serde(with = "human_duration")]
+    pub max_clock_skew: Duration,
+    /// Hop signatures remembered (to refuse a second use) at most. Each is kept until its hop
+    /// expires; when this many are live, further hops are refused with 503.
+    #[serde(deserialize_with = "number_or_string")]
+    pub replay_cache_size: usize,
 }
+
+impl Default for PeerSection {
+    fn default() -> Self {
+        Self {
+            secret: None,
+            max_clock_skew: Duration::from_secs(5),
+            replay_cache_size: 200_000,
+        }
+    }
+}
+
+/// Largest accepted `peer.max_clock_skew`: a wider window keeps signatures (and replay memory)
+/// alive for longer than clock trouble justifies.
+const MAX_CLOCK_SKEW: Duration = Duration::from_secs(300);
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
     /// Token for `/api/admin/...` (header `X-Auth-Token` or `Authorization: Bearer`). Empty
     /// disables the admin API; health, readiness and metrics need no token.
+    #[serde(deserialize_with = "secret_string")]
     pub token: Option<String>,
 }
 
@@ -462,7 +488,7 @@ impl Config {
             message,
         };
         let mut tree: serde_yaml::Value =
-            serde_yaml::from_str(text).map_err(|e| err(String::new(), e.to_string()))?;
+            serde_yaml::from_str(text).map_err(|e| err(String::new(), unquoted(&e.to_string())))?;
         expand::expand_tree(&mut tree, env).map_err(|e| err(e.path, e.reason))?;
         let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let field = e.path().to_string();
@@ -518,7 +544,31 @@ impl Config {
             ));
         }
         if let Some(adv) = &self.server.advertise_address {
-            validate_host_port(adv).map_err(|m| ("server.advertise_address".into(), m))?;
+            // it is what other sidecars connect to, and they take only an address
+            let usable = adv
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| !a.ip().is_unspecified() && a.port() != 0);
+            if !usable {
+                return Err((
+                    "server.advertise_address".into(),
+                    format!("{adv:?} is not an address of the form ip:port that other sidecars can connect to (in Kubernetes: \"${{POD_IP}}:8081\")"),
+                ));
+            }
+        }
+        if self.peer.max_clock_skew > MAX_CLOCK_SKEW {
+            return Err((
+                "peer.max_clock_skew".into(),
+                format!(
+                    "must be at most {}",
+                    humantime::format_duration(MAX_CLOCK_SKEW)
+                ),
+            ));
+        }
+        if self.peer.replay_cache_size == 0 {
+            return Err((
+                "peer.replay_cache_size".into(),
+                "must be greater than 0".into(),
+            ));
         }
         if let Some(url) = self.redis_url() {
             if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
@@ -539,6 +589,18 @@ impl Config {
                 "peer.secret".into(),
                 "is required with redis.url: sidecars sign the requests they forward to each other"
                     .into(),
+            ));
+        }
+        if self.redis_url().is_some()
+            && self.server.advertise_address.is_none()
+            && peer.ip().is_unspecified()
+        {
+            return Err((
+                "server.advertise_address".into(),
+                format!(
+                    "is required with redis.url while server.peer_listen ({peer}) names no address: other sidecars forward to it (in Kubernetes: \"${{POD_IP}}:{}\")",
+                    peer.port()
+                ),
             ));
         }
         if self.session.ttl < Duration::from_secs(1) {
@@ -582,6 +644,7 @@ impl Config {
             ));
         }
         let mut seen = std::collections::HashSet::new();
+        let mut names = std::collections::HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let field = |name: &str| format!("routes[{i}].{name}");
             if !r.prefix.starts_with('/') {
@@ -615,6 +678,13 @@ impl Config {
                         "{:?} must be non-empty and use only letters, digits, '-', '_' and '.' (it becomes part of Redis keys)",
                         r.server_name
                     ),
+                ));
+            }
+            if !names.insert(r.server_name.as_str()) {
+                // sessions, metrics and shared upstream sessions are keyed by it
+                return Err((
+                    field("server_name"),
+                    format!("{:?} is used by another route", r.server_name),
                 ));
             }
             if r.auth != AuthMode::None
@@ -672,6 +742,16 @@ impl Config {
             .as_deref()
             .map(str::trim)
             .filter(|s| !s.is_empty())
+    }
+
+    /// What works but is weaker than it should be: said at startup and in readiness details.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let hub = self.routes.iter().any(|r| r.auth != AuthMode::None);
+        if hub && self.redis_url().is_some() && self.token_encryption_key().is_none() {
+            out.push("auth.token_encryption_key is not set: service tokens in Redis are written and read as plaintext (set it, then run `mcp-sidecar keys reencrypt`)".to_string());
+        }
+        out
     }
 
     /// The admin token, if set and non-empty.
@@ -770,6 +850,28 @@ fn validate_host_port(value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A YAML syntax error without the scalars it quotes between backticks (the parser does not
+/// say which field they belong to; it may be a secret).
+pub(crate) fn unquoted(message: &str) -> String {
+    message
+        .split('`')
+        .enumerate()
+        .map(|(i, part)| if i % 2 == 1 { "(value)" } else { part })
+        .collect()
+}
+
+/// A secret (or a URL that may hold one) as a string. Serde's own message for another type
+/// would quote the value.
+fn secret_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match serde_yaml::Value::deserialize(d)? {
+        serde_yaml::Value::Null => Ok(None),
+        serde_yaml::Value::String(s) => Ok(Some(s)),
+        _ => Err(de::Error::custom(
+            "must be a string (quote the value in the file)",
+        )),
+    }
 }
 
 fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
@@ -915,7 +1017,7 @@ mod tests {
         let e = parse(&format!("peer: {{secret: short}}\n{MINIMAL}")).unwrap_err();
         assert_eq!(e.field, "peer.secret");
         assert!(parse(&format!(
-            "redis: {{url: 'redis://127.0.0.1:6379'}}\npeer: {{secret: 0123456789abcdef}}\n{MINIMAL}"
+            "redis: {{url: 'redis://127.0.0.1:6379'}}\npeer: {{secret: 0123456789abcdef}}\nserver: {{advertise_address: '10.0.0.7:8081'}}\n{MINIMAL}"
         ))
         .is_ok());
         let e = parse(&format!(
@@ -982,6 +1084,128 @@ mod tests {
         assert_eq!(e.field, "auth.token_encryption_key");
         let e = parse(&format!("auth: {{key_sources: [cookie]}}\n{MINIMAL}")).unwrap_err();
         assert!(e.field.starts_with("auth.key_sources"), "{e}");
+    }
+
+    #[test]
+    fn configurations_that_cannot_work_are_refused() {
+        let redis = "redis: {url: 'redis://127.0.0.1:6379'}\npeer: {secret: 0123456789abcdef}\n";
+        for adv in [
+            "sidecar-0.mcp:8081",
+            "10.0.0.7",
+            "0.0.0.0:8081",
+            "10.0.0.7:0",
+        ] {
+            let e = parse(&format!(
+                "server: {{advertise_address: '{adv}'}}\n{MINIMAL}"
+            ))
+            .unwrap_err();
+            assert_eq!(e.field, "server.advertise_address", "{adv}: {e}");
+        }
+        assert!(parse(&format!(
+            "server: {{advertise_address: '[fd00::7]:8081'}}\n{MINIMAL}"
+        ))
+        .is_ok());
+        // with Redis, other pods must be able to reach this one
+        let e = parse(&format!("{redis}{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "server.advertise_address", "{e}");
+        assert!(e.message.contains("redis.url"), "{e}");
+        let c = parse(&format!(
+            "{redis}server: {{advertise_address: '10.0.0.7:8081'}}\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.advertise_address(), "10.0.0.7:8081");
+        assert!(parse(&format!(
+            "{redis}server: {{peer_listen: '10.0.0.7:8081'}}\n{MINIMAL}"
+        ))
+        .is_ok());
+        // without Redis there are no other pods
+        assert!(parse(MINIMAL).is_ok());
+
+        let e = parse(
+            "routes:\n  - {prefix: /a, upstream: 'http://127.0.0.1:1', server_name: a}\n  - {prefix: /b, upstream: 'http://127.0.0.1:2', server_name: a}\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "routes[1].server_name");
+    }
+
+    #[test]
+    fn plaintext_tokens_in_redis_are_warned_about() {
+        let hub = "redis: {url: 'redis://127.0.0.1:6379'}\npeer: {secret: 0123456789abcdef}\nserver: {advertise_address: '10.0.0.7:8081'}\nroutes:\n  - {prefix: /a, upstream: 'http://127.0.0.1:1', server_name: a, auth: required}\n";
+        let w = parse(hub).unwrap().warnings();
+        assert_eq!(w.len(), 1);
+        assert!(w[0].contains("auth.token_encryption_key"), "{w:?}");
+        let key = format!(
+            "auth: {{token_encryption_key: '{}'}}\n{hub}",
+            "ab".repeat(32)
+        );
+        assert!(parse(&key).unwrap().warnings().is_empty());
+        // no hub routes, or no Redis: no tokens stored there
+        assert!(parse(MINIMAL).unwrap().warnings().is_empty());
+    }
+
+    #[test]
+    fn hop_settings() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.peer.max_clock_skew, Duration::from_secs(5));
+        assert_eq!(c.peer.replay_cache_size, 200_000);
+        let c = parse(&format!(
+            "peer: {{max_clock_skew: 2s, replay_cache_size: '1000'}}\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.peer.max_clock_skew, Duration::from_secs(2));
+        assert_eq!(c.peer.replay_cache_size, 1000);
+        let e = parse(&format!("peer: {{max_clock_skew: 1h}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "peer.max_clock_skew");
+        let e = parse(&format!("peer: {{replay_cache_size: 0}}\n{MINIMAL}")).unwrap_err();
+        assert_eq!(e.field, "peer.replay_cache_size");
+    }
+
+    #[test]
+    fn errors_never_quote_secret_values() {
+        // too large for any number type: refused while parsing, before fields are known
+        let e = parse(&format!(
+            "peer: {{secret: 98765432109876543210}}\n{MINIMAL}"
+        ))
+        .unwrap_err();
+        assert!(!e.to_string().contains("98765"), "{e}");
+        let cases = [
+            ("peer: {secret: 9876543210987654321}", "peer.secret"),
+            ("peer: {secret: 'short9876'}", "peer.secret"),
+            ("admin: {token: 9876543210987654321}", "admin.token"),
+            ("admin: {token: [9876543210987654321]}", "admin.token"),
+            (
+                "auth: {token_encryption_key: 9876543210987654321}",
+                "auth.token_encryption_key",
+            ),
+            (
+                "auth: {token_encryption_key: 'zz98765432109876543210'}",
+                "auth.token_encryption_key",
+            ),
+            (
+                "redis: {url: 'redis://u:98765432109876543210@'}",
+                "redis.url",
+            ),
+            (
+                "redis: {url: 'rediss://u:98765432109876543210@h:1'}",
+                "redis.url",
+            ),
+            ("redis: {url: 9876543210987654321}", "redis.url"),
+            ("peer: {secret: '98765432109876543210${x'}", "peer.secret"),
+            (
+                "admin: {token: '98765432109876543210${a-b}'}",
+                "admin.token",
+            ),
+        ];
+        for (section, field) in cases {
+            let e = parse(&format!("{section}\n{MINIMAL}")).unwrap_err();
+            assert_eq!(e.field, field, "{section}: {e}");
+            for part in ["98765432109876543", "short9876", "zz987"] {
+                assert!(
+                    !e.to_string().contains(part),
+                    "{section} quotes the secret: {e}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -56,6 +56,18 @@ pub enum KeysCommand {
         #[arg(long = "remove")]
         remove: Vec<String>,
     },
+    /// Rewrites every service token in the registry that is plaintext or in the older enc:v1
+    /// format as enc:v2 (bound to its key record and token name). Needs
+    /// `auth.token_encryption_key`.
+    Reencrypt,
+    /// Prints the stored (enc:v2) form of a token for an entry of `auth.keys_file`: `NAME=VALUE`
+    /// or `NAME` to read the value from the environment variable NAME.
+    EncryptToken {
+        /// The entry's `key_sha256`.
+        #[arg(long = "key-sha256")]
+        key_sha256: String,
+        token: String,
+    },
 }
 
 /// Which keys a command acts on.
@@ -115,8 +127,14 @@ fn expiry(spec: &str) -> Result<Option<u64>, String> {
         .map_err(|_| format!("--expires {spec:?}: use a duration (90d), an RFC 3339 time or never"))
 }
 
-fn stored_token(cipher: Option<&TokenCipher>, value: &str) -> String {
-    cipher.map_or_else(|| value.to_string(), |c| c.encrypt(value))
+/// The stored form of token `name` of the key record `record` (the key's SHA-256).
+fn stored_token(cipher: Option<&TokenCipher>, value: &str, record: &str, name: &str) -> String {
+    cipher.map_or_else(|| value.to_string(), |c| c.encrypt(value, record, name))
+}
+
+/// The key's SHA-256 in a registry key name (`mcp:hub:key:<sha256>`).
+fn record_of(redis_key: &str) -> &str {
+    redis_key.rsplit(':').next().unwrap_or_default()
 }
 
 /// Runs a `keys` command; the `Err` is printed by the caller.
@@ -131,6 +149,10 @@ pub fn run(config: &Config, cmd: KeysCommand) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     match (config.redis_url(), cmd) {
+        // a key-file entry's token: no Redis involved
+        (_, KeysCommand::EncryptToken { key_sha256, token }) => {
+            encrypt_token(cipher.as_ref(), &key_sha256, &token)
+        }
         (None, KeysCommand::Create { user, name, groups, tokens, expires }) => {
             print_static_entry(cipher.as_ref(), &user, name, &groups, &tokens, &expires)
         }
@@ -152,6 +174,21 @@ pub fn run(config: &Config, cmd: KeysCommand) -> Result<(), String> {
     }
 }
 
+fn encrypt_token(
+    cipher: Option<&TokenCipher>,
+    key_sha256: &str,
+    token: &str,
+) -> Result<(), String> {
+    let cipher = cipher.ok_or("auth.token_encryption_key is not set")?;
+    let digest = key_sha256.trim().to_ascii_lowercase();
+    if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("--key-sha256 must be 64 hex characters".into());
+    }
+    let (n, v) = token_pair(token)?;
+    println!("{}", cipher.encrypt(&v, &digest, &n));
+    Ok(())
+}
+
 fn print_static_entry(
     cipher: Option<&TokenCipher>,
     user: &str,
@@ -162,10 +199,8 @@ fn print_static_entry(
 ) -> Result<(), String> {
     let expires_at = expiry(expires)?;
     let k = key::generate();
-    let mut entry = format!(
-        "  - key_sha256: {}\n    user_id: {user:?}\n",
-        key::digest(&k)
-    );
+    let digest = key::digest(&k);
+    let mut entry = format!("  - key_sha256: {digest}\n    user_id: {user:?}\n");
     if let Some(n) = name {
         entry.push_str(&format!("    user_name: {n:?}\n"));
     }
@@ -175,7 +210,10 @@ fn print_static_entry(
     entry.push_str(&format!("    groups: {groups:?}\n    tokens:\n"));
     for spec in tokens {
         let (n, v) = token_pair(spec)?;
-        entry.push_str(&format!("      {n}: {:?}\n", stored_token(cipher, &v)));
+        entry.push_str(&format!(
+            "      {n}: {:?}\n",
+            stored_token(cipher, &v, &digest, &n)
+        ));
     }
     println!("{k}");
     eprintln!("no redis.url configured: add this entry under `keys:` in auth.keys_file (it holds the key's SHA-256, not the key):\n{entry}");
@@ -267,7 +305,8 @@ async fn redis_command(
             }
             let expires_at = expiry(&expires)?;
             let k = key::generate();
-            let rkey = keys::hub_key(&key::digest(&k));
+            let digest = key::digest(&k);
+            let rkey = keys::hub_key(&digest);
             let mut fields: Vec<(String, String)> = vec![
                 (field::USER_ID.into(), user.clone()),
                 (
@@ -287,7 +326,7 @@ async fn redis_command(
                 let (n, v) = token_pair(spec)?;
                 fields.push((
                     format!("{}{n}", field::TOKEN_PREFIX),
-                    stored_token(cipher, &v),
+                    stored_token(cipher, &v, &digest, &n),
                 ));
             }
             let mut pipe = redis::pipe();
@@ -325,6 +364,7 @@ async fn redis_command(
                             .filter(|(f, _)| !f.starts_with(field::TOKEN_PREFIX))
                             .collect(),
                         None,
+                        "",
                     );
                     match u {
                         Ok(u) => serde_json::json!({
@@ -423,7 +463,7 @@ async fn redis_command(
                     pipe.hset(
                         n,
                         format!("{}{t}", field::TOKEN_PREFIX),
-                        stored_token(cipher, v),
+                        stored_token(cipher, v, record_of(n), t),
                     )
                     .ignore();
                 }
@@ -439,6 +479,60 @@ async fn redis_command(
                 remove.join(", ")
             );
             Ok(())
+        }
+        KeysCommand::Reencrypt => {
+            let cipher = cipher.ok_or("auth.token_encryption_key is not set")?;
+            let (mut rewritten, mut failed) = (0, 0);
+            for (n, map) in all_keys(c).await? {
+                let record = record_of(&n);
+                for (f, stored) in &map {
+                    let Some(t) = f.strip_prefix(field::TOKEN_PREFIX) else {
+                        continue;
+                    };
+                    if !super::crypto::needs_reencryption(stored) {
+                        continue;
+                    }
+                    match cipher.decrypt(stored, record, t) {
+                        Ok(d) => {
+                            let sealed = cipher.encrypt(&d.plain, record, t);
+                            // only if nobody changed it meanwhile
+                            let script = redis::Script::new(
+                                "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then return redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end return -1",
+                            );
+                            let done: i64 = script
+                                .key(&n)
+                                .arg(f)
+                                .arg(stored)
+                                .arg(&sealed)
+                                .invoke_async(c)
+                                .await
+                                .map_err(err)?;
+                            if done >= 0 {
+                                rewritten += 1;
+                            }
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!(
+                                "key record {}…: token {t}: {e}",
+                                &record[..12.min(record.len())]
+                            );
+                        }
+                    }
+                }
+            }
+            eprintln!(
+                "rewrote {rewritten} token(s) as enc:v2; sidecars read them within auth.cache_ttl"
+            );
+            match failed {
+                0 => Ok(()),
+                n => Err(format!(
+                    "{n} token(s) could not be decrypted and were left as they are"
+                )),
+            }
+        }
+        KeysCommand::EncryptToken { key_sha256, token } => {
+            encrypt_token(cipher, &key_sha256, &token)
         }
     }
 }

@@ -125,7 +125,7 @@ impl Registry {
         METRICS.auth_cache.with_label_values(&["miss"]).inc();
         let fetched = match self.store.hub_key(digest).await {
             Ok(None) => None,
-            Ok(Some(map)) => match HubUser::from_hash(map, self.cipher.as_ref()) {
+            Ok(Some(map)) => match HubUser::from_hash(map, self.cipher.as_ref(), digest) {
                 Ok(u) => Some(Arc::new(u)),
                 Err(e) => {
                     // a broken record refuses its key; the reason names no value

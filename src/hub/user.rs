@@ -20,7 +20,8 @@ pub mod field {
     pub const KEY_PREFIX: &str = "key_prefix";
     pub const CREATED_AT: &str = "created_at";
     pub const REVOKED_AT: &str = "revoked_at";
-    /// `token:GITHUB_TOKEN` holds that service token (plaintext or `enc:v1:…`).
+    /// `token:GITHUB_TOKEN` holds that service token (plaintext or `enc:v2:…`, see
+    /// `crate::hub::crypto`).
     pub const TOKEN_PREFIX: &str = "token:";
 }
 
@@ -69,10 +70,12 @@ impl HubUser {
         Ok(())
     }
 
-    /// Reads a registry hash. Fails (without naming values) when it is not one.
+    /// Reads the registry hash of the key whose SHA-256 is `record`. Fails (without naming
+    /// values) when it is not one.
     pub fn from_hash(
         mut map: HashMap<String, String>,
         cipher: Option<&TokenCipher>,
+        record: &str,
     ) -> Result<HubUser, String> {
         let id = map
             .remove(field::USER_ID)
@@ -81,16 +84,7 @@ impl HubUser {
         let mut tokens = BTreeMap::new();
         for (k, v) in &map {
             if let Some(name) = k.strip_prefix(field::TOKEN_PREFIX) {
-                let plain = match cipher {
-                    Some(c) => c.decrypt(v).map_err(|e| format!("token {name}: {e}"))?,
-                    None if super::crypto::is_encrypted(v) => {
-                        return Err(format!(
-                            "token {name} is encrypted but auth.token_encryption_key is not set"
-                        ))
-                    }
-                    None => v.clone(),
-                };
-                tokens.insert(name.to_string(), plain);
+                tokens.insert(name.to_string(), open_token(cipher, v, record, name)?);
             }
         }
         Ok(HubUser {
@@ -107,6 +101,30 @@ impl HubUser {
             groups: split_groups(map.get(field::GROUPS).map_or("", |s| s.as_str())),
             tokens,
         })
+    }
+}
+
+/// A stored token's plaintext, as token `name` of the record `record`. Errors name no value.
+fn open_token(
+    cipher: Option<&TokenCipher>,
+    stored: &str,
+    record: &str,
+    name: &str,
+) -> Result<String, String> {
+    match cipher {
+        Some(c) => {
+            let d = c
+                .decrypt(stored, record, name)
+                .map_err(|e| format!("token {name}: {e}"))?;
+            if d.legacy {
+                super::crypto::legacy_seen(record, name);
+            }
+            Ok(d.plain)
+        }
+        None if super::crypto::is_encrypted(stored) => Err(format!(
+            "token {name} is encrypted but auth.token_encryption_key is not set"
+        )),
+        None => Ok(stored.to_string()),
     }
 }
 
@@ -155,10 +173,12 @@ impl KeyFile {
         text: &str,
         cipher: Option<&TokenCipher>,
     ) -> Result<HashMap<String, HubUser>, String> {
-        let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        // the file holds tokens: parser messages lose the values they quote
+        let quiet = |e: serde_yaml::Error| crate::config::unquoted(&e.to_string());
+        let mut tree: serde_yaml::Value = serde_yaml::from_str(text).map_err(quiet)?;
         crate::config::expand_tree(&mut tree, &|name| std::env::var(name).ok())
             .map_err(|e| format!("{}: {}", e.path, e.reason))?;
-        let file: KeyFile = serde_yaml::from_value(tree).map_err(|e| e.to_string())?;
+        let file: KeyFile = serde_yaml::from_value(tree).map_err(quiet)?;
         let mut out = HashMap::new();
         for (i, e) in file.keys.into_iter().enumerate() {
             let at = |m: &str| format!("keys[{i}]: {m}");
@@ -187,17 +207,7 @@ impl KeyFile {
             };
             let mut tokens = BTreeMap::new();
             for (name, v) in e.tokens {
-                let plain = match cipher {
-                    Some(c) => c
-                        .decrypt(&v)
-                        .map_err(|m| at(&format!("token {name}: {m}")))?,
-                    None if super::crypto::is_encrypted(&v) => {
-                        return Err(at(&format!(
-                            "token {name} is encrypted but auth.token_encryption_key is not set"
-                        )))
-                    }
-                    None => v,
-                };
+                let plain = open_token(cipher, &v, &digest, &name).map_err(|m| at(&m))?;
                 tokens.insert(name, plain);
             }
             let user = HubUser {
@@ -233,28 +243,34 @@ mod tests {
             ("active", "true".into()),
             ("groups", "dev, ops".into()),
             ("expires_at", "100".into()),
-            ("token:GITHUB_TOKEN", c.encrypt("ghp_a")),
+            (
+                "token:GITHUB_TOKEN",
+                c.encrypt("ghp_a", "d1", "GITHUB_TOKEN"),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        let u = HubUser::from_hash(map.clone(), Some(&c)).unwrap();
+        let u = HubUser::from_hash(map.clone(), Some(&c), "d1").unwrap();
+        // the same ciphertext in another key's record
+        let e = HubUser::from_hash(map.clone(), Some(&c), "d2").unwrap_err();
+        assert!(e.contains("GITHUB_TOKEN") && !e.contains("enc:"), "{e}");
         assert_eq!(u.tokens["GITHUB_TOKEN"], "ghp_a");
         assert_eq!(u.groups, ["dev", "ops"]);
         assert_eq!(u.name, "alice");
         assert_eq!(u.usable(99), Ok(()));
         assert_eq!(u.usable(100), Err(Refused::Expired));
         assert!(!format!("{u:?}").contains("ghp_a"));
-        let e = HubUser::from_hash(map, None).unwrap_err();
+        let e = HubUser::from_hash(map, None, "d1").unwrap_err();
         assert!(e.contains("encrypted") && !e.contains("enc:v1"), "{e}");
         let mut inactive = HashMap::new();
         inactive.insert("user_id".to_string(), "bob".to_string());
         inactive.insert("active".to_string(), "false".to_string());
         assert_eq!(
-            HubUser::from_hash(inactive, None).unwrap().usable(0),
+            HubUser::from_hash(inactive, None, "d1").unwrap().usable(0),
             Err(Refused::Inactive)
         );
-        assert!(HubUser::from_hash(HashMap::new(), None).is_err());
+        assert!(HubUser::from_hash(HashMap::new(), None, "d1").is_err());
     }
 
     #[test]
@@ -269,5 +285,35 @@ mod tests {
         assert!(!users[&"b".repeat(64)].active);
         assert!(KeyFile::parse("keys:\n  - {key_sha256: abc, user_id: x}\n", None).is_err());
         assert!(KeyFile::parse("keys:\n  - {key_sha256: abc, user: x}\n", None).is_err());
+    }
+
+    #[test]
+    fn key_file_errors_do_not_quote_tokens() {
+        let text = format!(
+            "keys:\n  - {{key_sha256: {}, user_id: u, tokens: {{GITHUB_TOKEN: 98765432101234}}}}\n",
+            "a".repeat(64)
+        );
+        let e = KeyFile::parse(&text, None).unwrap_err();
+        assert!(
+            !e.contains("98765432101234") && e.contains("invalid type"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn key_file_tokens_are_bound_to_their_entry() {
+        let c = TokenCipher::from_hex(&"11".repeat(32)).unwrap();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let token = c.encrypt("ghp_a", &a, "GITHUB_TOKEN");
+        let file = |digest: &str| {
+            format!("keys:\n  - {{key_sha256: {digest}, user_id: u, tokens: {{GITHUB_TOKEN: '{token}'}}}}\n")
+        };
+        let users = KeyFile::parse(&file(&a), Some(&c)).unwrap();
+        assert_eq!(users[&a].tokens["GITHUB_TOKEN"], "ghp_a");
+        let e = KeyFile::parse(&file(&b), Some(&c)).unwrap_err();
+        assert!(
+            e.starts_with("keys[0]: token GITHUB_TOKEN") && !e.contains("enc:"),
+            "{e}"
+        );
     }
 }

@@ -61,7 +61,7 @@ pub struct Sidecar {
     hub: Arc<Hub>,
     /// Requests arriving on this port come from peer sidecars.
     peer_port: u16,
-    peer_secret: Option<Vec<u8>>,
+    hops: hop::Hops,
     cors: Option<Arc<Cors>>,
     clients: Clients,
     limits: LimitsSection,
@@ -87,10 +87,10 @@ impl Sidecar {
                 config.session.shared_ttl,
                 config.limits.max_held_message,
             )),
+            hops: hop::Hops::new(config, sessions.settings.me.clone()),
             sessions,
             hub,
             peer_port,
-            peer_secret: config.peer_secret().map(|s| s.as_bytes().to_vec()),
             cors: config.cors.as_ref().map(|c| Arc::new(Cors::new(c))),
             clients: Clients::new(&config.clients).map_err(|(field, m)| format!("{field}: {m}"))?,
             limits: config.limits.clone(),
@@ -150,6 +150,7 @@ pub struct RequestCtx {
     upstream_error: Option<&'static str>,
     /// Arrived on the peer listener with a verified hop.
     from_peer: bool,
+    hop: hop::HopState,
     session: Option<SessionCtx>,
     /// An `initialize` request's raw params and protocol version, kept to capture the session.
     init: Option<(String, Option<String>)>,
@@ -861,6 +862,7 @@ impl ProxyHttp for Sidecar {
             cors: None,
             upstream_error: None,
             from_peer: false,
+            hop: Default::default(),
             session: None,
             init: None,
             recover: None,
@@ -919,11 +921,7 @@ impl ProxyHttp for Sidecar {
         {
             self.pre_read_body(session, ctx).await?;
         }
-        let checked = match hop::check(
-            session.req_header(),
-            ctx.from_peer,
-            self.peer_secret.as_deref(),
-        ) {
+        let checked = match self.hops.admit(session, ctx) {
             Ok(()) => self.authenticate(session, ctx).await,
             Err(refusal) => Err(refusal),
         };
@@ -1116,6 +1114,7 @@ impl ProxyHttp for Sidecar {
             BodyProgress::Pending => *body = Some(Bytes::new()),
             BodyProgress::TooLarge => return body_over_limit(),
             BodyProgress::Complete(full) => {
+                let full = self.hops.settle(ctx, full)?;
                 ctx.complete_body(&full);
                 let judged = ctx
                     .judge(&full, &self.limits)
@@ -1138,11 +1137,14 @@ impl ProxyHttp for Sidecar {
                         return Error::e_explain(ErrorType::HTTPStatus(status), "not multiplexed");
                     }
                     *body = ctx.mux_body.clone();
-                } else if !full.is_empty() {
-                    *body = Some(full);
+                } else {
+                    // a request without a body stays without: an empty chunk written after the
+                    // upstream request ended makes Pingora warn
+                    let sealed = self.hops.seal(ctx, full);
+                    if !sealed.is_empty() {
+                        *body = Some(sealed);
+                    }
                 }
-                // (a request without a body stays without: an empty chunk written after the
-                // upstream request ended makes Pingora warn)
             }
         }
         Ok(())
@@ -1154,32 +1156,26 @@ impl ProxyHttp for Sidecar {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        hop::strip(upstream_request, ctx);
         let route = ctx
             .route
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no route selected"))?;
-        hop::strip(upstream_request);
         self.strip_hub(route, session.req_header(), upstream_request)?;
         if !ctx.from_peer {
             // a verified peer already set these for its client
             self.set_forwarded(session, upstream_request)?;
         }
         upstream_request.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        let caller = ctx.caller.as_ref().map_or("", |c| c.digest.as_str());
-        if ctx.handoff.is_some() {
-            let secret = self.peer_secret.as_deref().ok_or_else(|| {
-                Error::explain(ErrorType::InternalError, "handing over without peer.secret")
-            })?;
-            return hop::sign(upstream_request, secret, &self.sessions.settings.me, caller);
+        if let Some(peer) = ctx.handoff.clone() {
+            return self.hops.sign(session, upstream_request, ctx, &peer);
         }
         if let Some(s) = &ctx.session {
-            if let Target::Owner(_) = s.target {
+            if let Target::Owner(owner) = &s.target {
                 // the owner's sidecar routes the client's own path and injects the caller's
                 // headers itself; the caller travels in the signed hop
-                let secret = self.peer_secret.as_deref().ok_or_else(|| {
-                    Error::explain(ErrorType::InternalError, "forwarding without peer.secret")
-                })?;
-                return hop::sign(upstream_request, secret, &self.sessions.settings.me, caller);
+                let owner = owner.clone();
+                return self.hops.sign(session, upstream_request, ctx, &owner);
             }
             if s.upstream_sid != s.client_sid {
                 upstream_request.insert_header(MCP_SESSION_ID, s.upstream_sid.as_str())?;

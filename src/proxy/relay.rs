@@ -11,7 +11,7 @@ use crate::hub::Hub;
 use crate::legacy::endpoint_session;
 use crate::legacy::sse::{Boundary, EndpointFinder, KEEPALIVE};
 use crate::metrics::METRICS;
-use crate::peer::{HOP, HOP_FROM, HOP_SIGNATURE, HOP_TIME, HOP_USER};
+use crate::peer::HOP_HEADERS;
 use crate::protocol::chunked::Chunked;
 use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
@@ -44,11 +44,6 @@ const NOT_FORWARDED: &[&str] = &[
     "upgrade",
     "content-length",
     X_REQUEST_ID,
-    HOP,
-    HOP_TIME,
-    HOP_SIGNATURE,
-    HOP_FROM,
-    HOP_USER,
 ];
 
 /// Response headers not sent on (hop-by-hop; the body is re-framed downstream).
@@ -120,6 +115,7 @@ fn upstream_head(
         // an Origin the sidecar validated would be judged again against the upstream's
         // localhost allow-list
         if NOT_FORWARDED.contains(&name)
+            || HOP_HEADERS.contains(&name)
             || (name == "origin" && ctx.cors.is_some())
             || hub.strips(&route.policy, header, value.as_bytes())
         {

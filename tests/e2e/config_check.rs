@@ -85,6 +85,85 @@ fn errors_name_the_file_the_field_and_the_problem() {
 }
 
 #[test]
+fn configurations_that_cannot_work_are_refused_without_quoting_secrets() {
+    let dir = test_dir("config-unworkable");
+    let route = |name: &str| {
+        format!("  - {{prefix: /{name}, upstream: 'http://127.0.0.1:1', server_name: a}}\n")
+    };
+    let redis = "redis: {url: 'redis://:redis-password-1234@127.0.0.1:6379'}\npeer: {secret: '${SIDECAR_TEST_SECRET}'}\n";
+    let cases = [
+        (
+            format!(
+                "server: {{advertise_address: 'sidecar-0.mcp.svc:8081'}}\nroutes:\n{}",
+                route("mcp")
+            ),
+            "server.advertise_address",
+            "ip:port",
+        ),
+        (
+            format!("{redis}routes:\n{}", route("mcp")),
+            "server.advertise_address",
+            "redis.url",
+        ),
+        (
+            format!("routes:\n{}{}", route("a"), route("b")),
+            "routes[1].server_name",
+            "another route",
+        ),
+        (
+            format!(
+                "admin: {{token: 'admin-${{BROKEN'}}\nroutes:\n{}",
+                route("mcp")
+            ),
+            "admin.token",
+            "unterminated",
+        ),
+        (
+            format!(
+                "peer: {{secret: 12345678901234567}}\nroutes:\n{}",
+                route("mcp")
+            ),
+            "peer.secret",
+            "string",
+        ),
+    ];
+    let env = [("SIDECAR_TEST_SECRET", "peer-secret-value-0123456789")];
+    for (i, (yaml, field, problem)) in cases.iter().enumerate() {
+        let path = dir.join(format!("unworkable-{i}.yaml"));
+        fs::write(&path, yaml).unwrap();
+        let (code, out) = check(&path, &env);
+        assert_eq!(code, 2, "case {i} should fail: {out}");
+        assert!(
+            out.contains(field),
+            "case {i} names no field {field}: {out}"
+        );
+        assert!(
+            out.contains(problem),
+            "case {i} does not say {problem:?}: {out}"
+        );
+        for secret in [
+            "redis-password",
+            "peer-secret-value",
+            "admin-",
+            "12345678901234567",
+        ] {
+            assert!(!out.contains(secret), "case {i} quotes a secret: {out}");
+        }
+    }
+    let path = dir.join("workable.yaml");
+    fs::write(
+        &path,
+        format!(
+            "{redis}server: {{advertise_address: '10.0.0.7:8081'}}\nroutes:\n{}",
+            route("mcp")
+        ),
+    )
+    .unwrap();
+    let (code, out) = check(&path, &env);
+    assert_eq!(code, 0, "{out}");
+}
+
+#[test]
 fn environment_variables_fill_the_file() {
     let dir = test_dir("config-env");
     let path = dir.join("env.yaml");

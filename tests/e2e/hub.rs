@@ -194,7 +194,7 @@ async fn users_see_only_their_own_identity_and_tokens_and_nothing_leaks() {
         .unwrap();
     assert_eq!(stored["user_id"], "alice");
     assert!(
-        stored["token:GITHUB_TOKEN"].starts_with("enc:v1:"),
+        stored["token:GITHUB_TOKEN"].starts_with("enc:v2:"),
         "{stored:?}"
     );
     let dump: Vec<String> = redis::cmd("KEYS")
@@ -769,4 +769,162 @@ async fn offerings_list_combines_tools_prompts_and_resources() {
             .iter()
             .any(|h| h[0] == "x-mcphub-user-id" && h[1] == "hank")));
     let _ = &hub.dir;
+}
+
+async fn hub_record(redis: &Redis, key: &str) -> std::collections::HashMap<String, String> {
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("HGETALL")
+        .arg(format!("mcp:hub:key:{}", sha256(key)))
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn set_token(redis: &Redis, key: &str, name: &str, value: &str) {
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("mcp:hub:key:{}", sha256(key)))
+        .arg(format!("token:{name}"))
+        .arg(value)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+}
+
+async fn initialize_status(client: &reqwest::Client, url: &str) -> u16 {
+    let resp = mcp_post(client, url).body(INITIALIZE).send().await.unwrap();
+    resp.status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_ciphertexts_are_bound_to_their_record_and_name_and_v1_is_read_until_reencrypted() {
+    let hub = Hub::start("hub-token-binding", 1);
+    let pod = &hub.pods[0].1;
+    let client = reqwest::Client::new();
+    let alice_token = "ghp_alice_bound_0123456789";
+    let alice = hub.create_key(&[
+        "--user",
+        "alice",
+        "--token",
+        &format!("GITHUB_TOKEN={alice_token}"),
+    ]);
+    let bob = hub.create_key(&["--user", "bob", "--token", "GITHUB_TOKEN=ghp_bob_bound"]);
+    let alice_ct = hub_record(&hub.redis, &alice).await["token:GITHUB_TOKEN"].clone();
+    assert!(alice_ct.starts_with("enc:v2:"), "{alice_ct}");
+
+    // alice's ciphertext copied into bob's record, and to another name in her own: neither
+    // decrypts, so neither key is accepted
+    set_token(&hub.redis, &bob, "GITHUB_TOKEN", &alice_ct).await;
+    assert_eq!(
+        initialize_status(&client, &with_key(&pod.url("/mcp"), &bob)).await,
+        401
+    );
+    set_token(&hub.redis, &alice, "ATLASSIAN_TOKEN", &alice_ct).await;
+    assert_eq!(
+        initialize_status(&client, &with_key(&pod.url("/mcp"), &alice)).await,
+        401
+    );
+    let logs = hub.logs();
+    assert!(
+        logs.contains("token GITHUB_TOKEN: encrypted token does not decrypt"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("token ATLASSIAN_TOKEN: encrypted token does not decrypt"),
+        "{logs}"
+    );
+    assert!(
+        !logs.contains(alice_token) && !logs.contains(&alice_ct[7..]),
+        "values in the log"
+    );
+
+    // a token the previous release wrote (enc:v1, no associated data) still works...
+    use aes_gcm::aead::{Aead, KeyInit};
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&hex::decode(ENCRYPTION_KEY).unwrap()).unwrap();
+    let nonce = [7u8; 12];
+    let ct = cipher
+        .encrypt(aes_gcm::Nonce::from_slice(&nonce), b"ghp_carol_v1".as_ref())
+        .unwrap();
+    let carol = hub.create_key(&[
+        "--user",
+        "carol",
+        "--group",
+        "readers",
+        "--token",
+        "GITHUB_TOKEN=placeholder",
+    ]);
+    set_token(
+        &hub.redis,
+        &carol,
+        "GITHUB_TOKEN",
+        &format!("enc:v1:{}:{}", hex::encode(nonce), hex::encode(ct)),
+    )
+    .await;
+    let url = with_key(&pod.url("/mcp"), &carol);
+    let sid = open_session(&client, &url).await;
+    let seen = call_tool(
+        &client,
+        &url,
+        &sid,
+        "request_headers",
+        serde_json::json!({}),
+    )
+    .await;
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["x-mcphub-github-token"], "ghp_carol_v1");
+    pod.wait_log("is stored as enc:v1");
+    // ...until `keys reencrypt` rewrites it as v2, bound to carol's record
+    let (ok, _, err) = keys_cli(hub.config(), &["reencrypt"]);
+    assert!(ok, "{err}");
+    assert!(err.contains("rewrote 1 token(s)"), "{err}");
+    let stored = hub_record(&hub.redis, &carol).await["token:GITHUB_TOKEN"].clone();
+    assert!(stored.starts_with("enc:v2:"), "{stored}");
+    tokio::time::sleep(CACHE_TTL + Duration::from_millis(200)).await;
+    let seen = call_tool(
+        &client,
+        &url,
+        &sid,
+        "request_headers",
+        serde_json::json!({}),
+    )
+    .await;
+    let seen: serde_json::Value = serde_json::from_str(&seen).unwrap();
+    assert_eq!(seen["x-mcphub-github-token"], "ghp_carol_v1");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_encryption_key_startup_and_readiness_warn() {
+    let dir = test_dir("hub-no-encryption-key");
+    let redis = Redis::start(&dir);
+    let sidecar = Sidecar::start(
+        &dir,
+        &format!(
+            "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n  - {{prefix: /mcp, upstream: 'http://127.0.0.1:9/mcp', server_name: github, auth: required}}\n",
+            redis.url()
+        ),
+    );
+    sidecar.wait_log("auth.token_encryption_key is not set");
+    let resp = reqwest::get(sidecar.admin("/readyz")).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "a warning does not make the pod unready"
+    );
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], "ready", "{body}");
+    assert!(
+        body["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("auth.token_encryption_key is not set"),
+        "{body}"
+    );
 }

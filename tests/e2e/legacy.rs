@@ -44,19 +44,27 @@ async fn python_sse_client_makes_100_calls_across_three_pods() {
 
     let sidecars: Vec<&Sidecar> = c.pods.iter().map(|p| &p.sidecar).collect();
     // initialize, initialized, tools/list, 100 calls, echo: round robin sends two thirds of
-    // them to pods that do not hold the stream
-    let forwarded = sum_metric(
-        &sidecars,
-        "mcp_sidecar_sse_posts_total",
-        &[("via", "forwarded")],
-    )
-    .await;
-    let local = sum_metric(
-        &sidecars,
-        "mcp_sidecar_sse_posts_total",
-        &[("via", "local")],
-    )
-    .await;
+    // them to pods that do not hold the stream. A post is counted once its answer went out,
+    // which may be just after the client has what it waited for: wait for the count to settle
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (forwarded, local) = loop {
+        let forwarded = sum_metric(
+            &sidecars,
+            "mcp_sidecar_sse_posts_total",
+            &[("via", "forwarded")],
+        )
+        .await;
+        let local = sum_metric(
+            &sidecars,
+            "mcp_sidecar_sse_posts_total",
+            &[("via", "local")],
+        )
+        .await;
+        if forwarded + local >= 104.0 || std::time::Instant::now() > deadline {
+            break (forwarded, local);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         forwarded + local,
         104.0,

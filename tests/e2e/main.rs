@@ -8,6 +8,7 @@ mod config_check;
 mod drain;
 mod edges;
 mod hardening;
+mod hop;
 mod hub;
 mod legacy;
 mod ownership;

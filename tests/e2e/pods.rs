@@ -2,6 +2,7 @@
 //! behind nginx balancing round robin per request.
 
 use crate::harness::*;
+use crate::hop::signed_hop;
 use serde_json::json;
 use std::time::Duration;
 
@@ -213,34 +214,8 @@ async fn forged_hops_are_refused() {
     let peer_url = format!("http://{}/mcp", a.peer_address());
     let resp = session_post(&client, &peer_url, &sid, call).await;
     assert_eq!(resp.status(), 403);
-    let time = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let claims = mcp_sidecar::peer::HopClaims {
-        hop: 1,
-        time,
-        method: "POST",
-        path_and_query: "/mcp",
-        session_id: &sid,
-        from: "127.0.0.9:1",
-        user: "",
-    };
     for (secret, expected) in [("not-the-peer-secret-at-all", 403), (PEER_SECRET, 200)] {
-        let resp = mcp_post(&client, &peer_url)
-            .header("mcp-session-id", &sid)
-            .header("mcp-protocol-version", "2025-06-18")
-            .header("x-mcp-sidecar-hop", "1")
-            .header("x-mcp-sidecar-hop-time", time.to_string())
-            .header("x-mcp-sidecar-hop-from", "127.0.0.9:1")
-            .header(
-                "x-mcp-sidecar-hop-signature",
-                claims.sign(secret.as_bytes()),
-            )
-            .body(call)
-            .send()
-            .await
-            .unwrap();
+        let resp = signed_hop(&client, a, &sid, call, call, secret, 0).await;
         assert_eq!(resp.status(), expected, "secret {secret}");
     }
 }
