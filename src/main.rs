@@ -86,13 +86,9 @@ fn main() -> ExitCode {
     }
 
     let store: Arc<dyn SessionStore> = match config.redis_url() {
-        Some(url) => match RedisStore::new(
-            url,
-            config.redis.connect_timeout,
-            config.redis.command_timeout,
-        ) {
+        Some(url) => match RedisStore::new(&config.redis, url) {
             Ok(s) => {
-                info!("session store: redis at {}", redis_endpoint(url));
+                info!("session store: redis at {}", s.describe());
                 Arc::new(s)
             }
             Err(e) => {
@@ -175,11 +171,4 @@ fn main() -> ExitCode {
         }),
     });
     ExitCode::SUCCESS
-}
-
-/// `host:port` of a Redis URL, without credentials, for logs.
-fn redis_endpoint(url: &str) -> String {
-    redis::Client::open(url)
-        .map(|c| c.get_connection_info().addr().to_string())
-        .unwrap_or_else(|_| "(invalid url)".into())
 }

@@ -7,6 +7,7 @@ use super::key;
 use super::policy::valid_token_name;
 use super::user::{field, HubUser};
 use crate::config::Config;
+use crate::store::connect::{Conn, Target};
 use crate::store::{keys, unix_now};
 use clap::{Args, Subcommand};
 use redis::AsyncCommands;
@@ -161,10 +162,14 @@ pub fn run(config: &Config, cmd: KeysCommand) -> Result<(), String> {
                 .into(),
         ),
         (Some(url), cmd) => rt.block_on(async {
-            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+            let target = Target::from_config(&config.redis, url)?;
             let mut c = tokio::time::timeout(
                 config.redis.connect_timeout.max(Duration::from_secs(2)),
-                client.get_multiplexed_async_connection(),
+                async {
+                    let mut c = target.connect().await?;
+                    redis::cmd("PING").query_async::<()>(&mut c).await?;
+                    Ok::<_, redis::RedisError>(c)
+                },
             )
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
@@ -220,27 +225,11 @@ fn print_static_entry(
     Ok(())
 }
 
-type Conn = redis::aio::MultiplexedConnection;
-
 async fn all_keys(c: &mut Conn) -> Result<Vec<(String, HashMap<String, String>)>, String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys::HUB_KEY_PATTERN)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(c)
-            .await
-            .map_err(|e| e.to_string())?;
-        names.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let names = c
+        .scan_match(keys::HUB_KEY_PATTERN, 500)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         let map: HashMap<String, String> = c.hgetall(&n).await.map_err(|e| e.to_string())?;

@@ -2,6 +2,7 @@
 //! by every sidecar of a deployment) and in-process (single-pod mode, the embedded default).
 //! The key schema is in [`keys`].
 
+pub mod connect;
 pub mod keys;
 mod memory;
 mod redis;

@@ -82,7 +82,7 @@ struct Hub {
 impl Hub {
     fn start(name: &str, pods: usize) -> Hub {
         let dir = test_dir(name);
-        let redis = Redis::start(&dir);
+        let redis = Redis::deployment(&dir);
         let keys_file = dir.join("keys.yaml");
         let file_keys = write_key_file(&keys_file);
         let pods: Vec<(FastMcp, Sidecar, PathBuf)> = (1..=pods)
@@ -100,8 +100,8 @@ impl Hub {
                     &dir,
                     &ip,
                     &format!(
-                        "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nauth: {{cache_ttl: 1s, keys_file: '{}', token_encryption_key: '{ENCRYPTION_KEY}'}}\nroutes:\n{}",
-                        redis.url(),
+                        "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nauth: {{cache_ttl: 1s, keys_file: '{}', token_encryption_key: '{ENCRYPTION_KEY}'}}\nroutes:\n{}",
+                        redis.section(),
                         keys_file.display(),
                         route("/mcp", &format!("{}/mcp", up.base()), "github")
                     ),
@@ -594,7 +594,7 @@ async fn set_token_changes_what_the_upstream_receives() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_are_filtered_by_group_in_json_and_sse_answers() {
     let dir = test_dir("hub-filter");
-    let redis = Redis::start(&dir);
+    let redis = Redis::deployment(&dir);
     let keys_file = dir.join("keys.yaml");
     let file_keys = write_key_file(&keys_file);
     let capture = dir.join("capture.jsonl");
@@ -615,8 +615,8 @@ async fn tools_are_filtered_by_group_in_json_and_sse_answers() {
     let sidecar = Sidecar::start(
         &dir,
         &format!(
-            "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nauth: {{keys_file: '{}'}}\nroutes:\n{}{}",
-            redis.url(),
+            "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nauth: {{keys_file: '{}'}}\nroutes:\n{}{}",
+            redis.section(),
             keys_file.display(),
             route("/sse-answers", &format!("{}/mcp", sse_up.base()), "sse"),
             route("/json-answers", &format!("{}/mcp", json_up.base()), "json"),

@@ -35,7 +35,7 @@ impl SharedPods {
     }
 
     fn start_in(dir: PathBuf, pods: usize, top: &str, auth: bool) -> SharedPods {
-        let redis = Redis::start(&dir);
+        let redis = Redis::deployment(&dir);
         let pods: Vec<(FastMcp, Sidecar, PathBuf)> = (1..=pods)
             .map(|i| {
                 let ip = format!("127.0.0.{i}");
@@ -51,8 +51,8 @@ impl SharedPods {
                     &dir,
                     &ip,
                     &format!(
-                        "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{top}routes:\n{}",
-                        redis.url(),
+                        "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{top}routes:\n{}",
+                        redis.section(),
                         shared_route(&format!("{}/mcp", up.base()), "demo", auth)
                     ),
                 );
