@@ -298,12 +298,16 @@ impl Redis {
             .iter()
             .map(|&p| {
                 let conf = dir.join(format!("nodes-{p}.conf"));
+                // the bus port would be port + 10000, which free_port may hand out
+                let bus = free_port().to_string();
                 let proc = Self::server(
                     dir,
                     p,
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-config-file",
                         conf.to_str().unwrap(),
                         "--cluster-node-timeout",
@@ -421,6 +425,18 @@ impl Redis {
     /// The sidecar's `redis:` mapping for this deployment (flow style).
     pub fn section(&self) -> String {
         format!("{{url: '{}'{}}}", self.url, self.extra)
+    }
+
+    /// A connection to the deployment the way the sidecar makes it (cluster and Sentinel
+    /// included), for tests that read or write keys themselves.
+    pub async fn conn(&self) -> mcp_sidecar::store::connect::Conn {
+        let section: mcp_sidecar::config::RedisSection =
+            serde_yaml::from_str(&self.section()).unwrap();
+        mcp_sidecar::store::connect::Target::from_config(&section, &self.url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Stops a process of the deployment (by port) at once, as a crashed node.

@@ -182,11 +182,7 @@ async fn users_see_only_their_own_identity_and_tokens_and_nothing_leaks() {
     ]);
 
     // at rest: the registry holds digests and ciphertext, never the key or a token
-    let mut redis = redis::Client::open(hub.redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = hub.redis.conn().await;
     let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg(format!("mcp:hub:key:{}", sha256(&alice)))
         .query_async(&mut redis)
@@ -772,11 +768,7 @@ async fn offerings_list_combines_tools_prompts_and_resources() {
 }
 
 async fn hub_record(redis: &Redis, key: &str) -> std::collections::HashMap<String, String> {
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.conn().await;
     redis::cmd("HGETALL")
         .arg(format!("mcp:hub:key:{}", sha256(key)))
         .query_async(&mut c)
@@ -785,11 +777,7 @@ async fn hub_record(redis: &Redis, key: &str) -> std::collections::HashMap<Strin
 }
 
 async fn set_token(redis: &Redis, key: &str, name: &str, value: &str) {
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.conn().await;
     let _: () = redis::cmd("HSET")
         .arg(format!("mcp:hub:key:{}", sha256(key)))
         .arg(format!("token:{name}"))

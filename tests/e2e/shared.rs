@@ -87,13 +87,6 @@ impl SharedPods {
         .unwrap()
         .clone()
     }
-
-    fn redis(&self) -> redis::Connection {
-        redis::Client::open(self.redis.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
 }
 
 /// What the upstreams saw: the session ids on their requests, and how many `initialize`
@@ -167,10 +160,11 @@ async fn two_hundred_clients_with_colliding_ids_get_only_their_own_answers_on_on
     let ttl = listed[0]["ttl"].as_u64().unwrap();
     assert!(ttl > 3500 && ttl <= 3600, "{ttl}");
     // redis-cli GET shows the same
-    let mut r = c.redis();
+    let mut r = c.redis.conn().await;
     let stored: String = redis::cmd("GET")
         .arg("mcp:upstream:session:demo:shared")
-        .query(&mut r)
+        .query_async(&mut r)
+        .await
         .unwrap();
     assert_eq!(stored, sid);
     let logs = c.logs();
