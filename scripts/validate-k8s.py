@@ -125,6 +125,8 @@ def check_references(objects):
                     if keys is None or r["key"] not in keys:
                         error(cwhere, f"env {env['name']}: ConfigMap {r['name']} has no key {r['key']}")
             volumes = {v["name"] for v in spec.get("volumes", [])}
+            # a StatefulSet's claim templates are volumes of its pods too
+            volumes |= {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     error(cwhere, f"mounts volume {m['name']}, which the pod does not define")

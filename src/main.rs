@@ -143,7 +143,9 @@ fn main() -> ExitCode {
     proxy_service.add_tcp(&config.server.peer_listen);
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(sessions.clone(), config.admin_token()).with_warnings(config.warnings()),
+        AdminApp::new(sessions.clone(), config.admin_token())
+            .with_warnings(config.warnings())
+            .with_registry_check(config.registry_required()),
     );
     admin.add_tcp(&config.server.admin_listen);
     admin.threads = Some(1);

@@ -840,6 +840,14 @@ impl Config {
             .filter(|u| !u.is_empty())
     }
 
+    /// Whether every key comes from the Redis registry while routes require keys: an empty
+    /// registry then refuses every user (readiness warns about it).
+    pub fn registry_required(&self) -> bool {
+        self.redis_url().is_some()
+            && self.auth.keys_file.is_none()
+            && self.routes.iter().any(|r| r.auth == AuthMode::Required)
+    }
+
     /// The peer secret, if set and non-empty.
     pub fn peer_secret(&self) -> Option<&str> {
         self.peer.secret.as_deref().filter(|s| !s.is_empty())

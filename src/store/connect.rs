@@ -238,6 +238,15 @@ impl Conn {
     /// Every key matching `pattern`, by SCAN (never KEYS, which blocks Redis and which managed
     /// services refuse). A cluster is scanned primary by primary.
     pub async fn scan_match(&mut self, pattern: &str, count: usize) -> RedisResult<Vec<String>> {
+        self.scan(pattern, count, false).await
+    }
+
+    /// Whether any key matches `pattern`: the scan stops at the first.
+    pub async fn scan_any(&mut self, pattern: &str, count: usize) -> RedisResult<bool> {
+        Ok(!self.scan(pattern, count, true).await?.is_empty())
+    }
+
+    async fn scan(&mut self, pattern: &str, count: usize, first: bool) -> RedisResult<Vec<String>> {
         let mut keys = Vec::new();
         let routes: Vec<Option<u16>> = match self {
             Conn::Cluster(c) => primary_slots(c).await?.into_iter().map(Some).collect(),
@@ -266,10 +275,13 @@ impl Conn {
                     (_, c) => cmd.query_async(c).await?,
                 };
                 keys.extend(batch);
-                if next == 0 {
+                if next == 0 || (first && !keys.is_empty()) {
                     break;
                 }
                 cursor = next;
+            }
+            if first && !keys.is_empty() {
+                break;
             }
         }
         Ok(keys)

@@ -262,6 +262,10 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         digest: &str,
     ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError>;
+
+    /// Whether the key registry holds any key (readiness: a registry emptied by a Redis restart
+    /// without persistence refuses every user). Scans, so callers cache the answer.
+    async fn has_hub_keys(&self) -> Result<bool, StoreError>;
 }
 
 /// Current Unix time in seconds.

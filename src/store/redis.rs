@@ -254,6 +254,13 @@ impl SessionStore for RedisStore {
         Ok((!map.is_empty()).then_some(map))
     }
 
+    async fn has_hub_keys(&self) -> Result<bool, StoreError> {
+        self.run("has_hub_keys", |mut c| async move {
+            c.scan_any(keys::HUB_KEY_PATTERN, SCAN_COUNT * 5).await
+        })
+        .await
+    }
+
     async fn claim_session(
         &self,
         record: &SessionRecord,

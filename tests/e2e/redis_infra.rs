@@ -26,6 +26,7 @@ const NEEDED: &[&str] = &[
     "hset",
     "hdel",
     "pexpire",
+    "pexpireat",
     "expire",
     "expireat",
     "pttl",
@@ -437,4 +438,154 @@ async fn sentinel_fails_over_and_the_sidecars_follow() {
         Box::new(move || primary_port().is_some_and(|p| p != old))
     })
     .await;
+}
+
+/// Status of an `initialize` with `key` (as `?key=`).
+async fn initialize_with(client: &reqwest::Client, url: &str, key: &str) -> u16 {
+    mcp_post(client, &format!("{url}?key={key}"))
+        .body(INITIALIZE)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hub_keys_come_back_after_an_empty_restart_with_export_and_import() {
+    let dir = test_dir("redis-keys-backup");
+    let redis = Redis::start(&dir);
+    let port = redis.port;
+    let upstream = FastMcp::start(&dir, Transport::StreamableHttp);
+    let sidecar = Sidecar::start(
+        &dir,
+        &format!(
+            "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nauth: {{cache_ttl: 1s, stale_if_error: 0s, token_encryption_key: '{}'}}\nroutes:\n  - {{prefix: /mcp, upstream: '{}/mcp', server_name: demo, auth: required}}\n",
+            redis.section(),
+            "ab".repeat(32),
+            upstream.base()
+        ),
+    );
+    let config = &sidecar.config;
+    let (ok, ada, err) = keys_cli(
+        config,
+        &[
+            "create",
+            "--user",
+            "ada",
+            "--token",
+            "GH=tok-ada-1",
+            "--expires",
+            "2h",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, bob, err) = keys_cli(config, &["create", "--user", "bob", "--expires", "never"]);
+    assert!(ok, "{err}");
+    let (ada, bob) = (ada.trim().to_string(), bob.trim().to_string());
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    assert_eq!(initialize_with(&client, &url, &ada).await, 200);
+    let v = wait_ready(&sidecar, "ready").await;
+    assert!(v.get("warnings").is_none(), "{v}");
+
+    let (ok, export, err) = keys_cli(config, &["export"]);
+    assert!(ok, "{err}");
+    assert_eq!(export.lines().count(), 2, "{export}");
+    assert!(
+        !export.contains("tok-ada-1"),
+        "tokens are exported encrypted, as stored"
+    );
+    let backup = dir.join("keys-backup.jsonl");
+    fs::write(&backup, &export).unwrap();
+
+    // Redis restarts without persistence: every key is gone, every user refused, and readiness
+    // says why
+    drop(redis);
+    let redis = Redis::start_on(&dir, port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = readyz(&sidecar).await;
+        if v["status"] == "ready"
+            && v["warnings"]
+                .to_string()
+                .contains("registry in Redis is empty")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no empty-registry warning: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sidecar.log().contains("hub key registry in Redis is empty"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(initialize_with(&client, &url, &ada).await, 401);
+
+    let import = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+            .arg("-c")
+            .arg(config)
+            .arg("keys")
+            .arg("import")
+            .args(args)
+            .stdin(fs::File::open(&backup).unwrap())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    assert!(import(&[]).contains("imported 2 key record(s)"));
+    assert!(import(&[]).contains("imported 0 key record(s); kept 2 already present"));
+    assert!(import(&["--replace"]).contains("imported 2 key record(s)"));
+    // the refusal above is cached for auth.cache_ttl
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(initialize_with(&client, &url, &ada).await, 200);
+    assert_eq!(initialize_with(&client, &url, &bob).await, 200);
+    // the expiry came along: bob's never, ada's in about two hours
+    let mut c = redis.conn().await;
+    let (ok, list, _) = keys_cli(config, &["list", "--json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let by_user = |u: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["user"] == u)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(by_user("bob")["expiresAt"], serde_json::Value::Null);
+    assert_eq!(by_user("ada")["tokens"], json!(["GH"]));
+    let names: Vec<String> = c.scan_match("mcp:hub:key:*", 100).await.unwrap();
+    let ttls: Vec<i64> = {
+        let mut t = Vec::new();
+        for n in &names {
+            t.push(redis::cmd("TTL").arg(n).query_async(&mut c).await.unwrap());
+        }
+        t.sort();
+        t
+    };
+    assert_eq!(ttls[0], -1, "bob's record never expires");
+    assert!(ttls[1] > 2 * 3600, "ada's keeps expiry + 7 days: {ttls:?}");
+    wait_until_async(Duration::from_secs(15), || async {
+        readyz(&sidecar).await.get("warnings").is_none()
+    })
+    .await;
+}
+
+async fn wait_until_async<F: std::future::Future<Output = bool>>(
+    limit: Duration,
+    mut ok: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + limit;
+    while !ok().await {
+        assert!(
+            Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
