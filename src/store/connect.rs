@@ -414,3 +414,51 @@ impl SentinelConn {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_come_from_the_file_and_stay_out_of_the_endpoint() {
+        let dir = std::env::temp_dir().join(format!("mcp-sidecar-connect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("password");
+        std::fs::write(&file, "from-the-file-4711\n").unwrap();
+        let section = RedisSection {
+            mode: RedisMode::Cluster,
+            nodes: vec!["cache-2.example:7000".into()],
+            username: Some("mcp-sidecar".into()),
+            password_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let t =
+            Target::from_config(&section, "rediss://u:from-the-url@cache-1.example:6379").unwrap();
+        assert_eq!(t.endpoint(), "cache-1.example:6379");
+        assert_eq!(t.nodes.len(), 2);
+        for node in &t.nodes {
+            // the file wins over the URL, one trailing newline dropped; every node gets them
+            assert_eq!(node.redis_settings().username(), Some("mcp-sidecar"));
+            assert_eq!(node.redis_settings().password(), Some("from-the-file-4711"));
+            assert!(matches!(
+                node.addr(),
+                ConnectionAddr::TcpTls {
+                    insecure: false,
+                    ..
+                }
+            ));
+        }
+        assert!(
+            t.tls.as_ref().is_some_and(|c| c.root_cert.is_none()),
+            "system roots"
+        );
+
+        let missing = RedisSection {
+            password_file: Some(dir.join("absent")),
+            ..Default::default()
+        };
+        let e = Target::from_config(&missing, "redis://h:1").err().unwrap();
+        assert!(e.starts_with("redis.password_file: cannot read"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
