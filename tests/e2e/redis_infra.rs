@@ -183,6 +183,17 @@ async fn a_wrong_ca_a_wrong_name_and_a_missing_client_certificate_are_refused_cl
 
     let (ok, _, err) = keys_cli(&config("right", &ca("ca.crt")), &["list"]);
     assert!(ok, "{err}");
+    // by host name: sent as SNI and matched against the certificate's DNS name
+    let by_name = dir.join("by-name.yaml");
+    fs::write(
+        &by_name,
+        fs::read_to_string(config("y", &ca("ca.crt")))
+            .unwrap()
+            .replace("rediss://127.0.0.1:", "rediss://localhost:"),
+    )
+    .unwrap();
+    let (ok, _, err) = keys_cli(&by_name, &["list"]);
+    assert!(ok, "{err}");
 
     // a CA that did not sign the server's certificate
     let (ok, _, err) = keys_cli(&config("wrong-ca", &ca("other-ca.crt")), &["list"]);
