@@ -14,7 +14,9 @@ JSON schemas, so nothing is fetched while checking) and renders the kustomizatio
 3. The sidecar configuration is taken from the rendered ConfigMap that the sidecar container
    actually mounts (following its `-c` argument) and checked with `mcp-sidecar -t -c`, in an
    environment holding exactly the container's env: downward-API values get dummies, Secret
-   references get the values of the rendered Secret.
+   references get the values of the rendered Secret, mounted Secret files get placeholders.
+4. With --helm-chart: `helm lint --strict` of the chart and steps 2-3 on its rendering with the
+   default values and with each --helm-values file (Helm v4 as a library, helm-python-sdk).
 
 Exit status: 0 when everything passes, 1 otherwise.
 """
@@ -47,9 +49,23 @@ def name_of(obj):
     return f"{obj.get('kind', '?')}/{obj.get('metadata', {}).get('name', '?')}"
 
 
+# Kinds of CRDs the Helm chart may render; kubernetes-validate has no schemas for them, so only
+# the fields the chart relies on are checked.
+CRD_FIELDS = {("monitoring.coreos.com/v1", "ServiceMonitor"): ("spec.selector.matchLabels", "spec.endpoints")}
+
+
 def validate_schema(obj, where, versions):
     if not isinstance(obj, dict) or "apiVersion" not in obj or "kind" not in obj:
         error(where, "not a Kubernetes object (apiVersion and kind are required)")
+        return
+    crd = CRD_FIELDS.get((obj["apiVersion"], obj["kind"]))
+    if crd is not None:
+        for path in crd:
+            node = obj
+            for part in path.split("."):
+                node = node.get(part) if isinstance(node, dict) else None
+            if not node:
+                error(f"{where} {name_of(obj)}", f"{path} is missing or empty")
         return
     for version in versions:
         try:
@@ -77,8 +93,19 @@ def matches(selector, labels):
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-def check_references(objects):
-    """Cross-object checks a schema cannot express."""
+class _AnyKeys:
+    """The keys of a Secret made elsewhere: every key may be there."""
+
+    def __contains__(self, key):
+        return True
+
+
+ANY_KEYS = _AnyKeys()
+
+
+def check_references(objects, namespace="mcp", external_secrets=()):
+    """Cross-object checks a schema cannot express. Secrets named in `external_secrets` are made
+    outside the rendered output (a chart's existingSecret values)."""
     by_kind = {}
     for obj in objects:
         by_kind.setdefault(obj["kind"], {})[obj["metadata"]["name"]] = obj
@@ -86,10 +113,12 @@ def check_references(objects):
 
     for obj in objects:
         ns = obj["metadata"].get("namespace")
-        if obj["kind"] != "Namespace" and ns != "mcp":
-            error(name_of(obj), f"namespace is {ns!r}, expected 'mcp' (kustomization.yaml)")
+        if obj["kind"] != "Namespace" and ns != namespace:
+            error(name_of(obj), f"namespace is {ns!r}, expected {namespace!r}")
 
     def secret_keys(name):
+        if name in external_secrets:
+            return ANY_KEYS
         s = by_kind.get("Secret", {}).get(name)
         return None if s is None else set(s.get("data", {})) | set(s.get("stringData", {}))
 
@@ -125,6 +154,8 @@ def check_references(objects):
                     if keys is None or r["key"] not in keys:
                         error(cwhere, f"env {env['name']}: ConfigMap {r['name']} has no key {r['key']}")
             volumes = {v["name"] for v in spec.get("volumes", [])}
+            # a StatefulSet's claim templates are volumes of its pods too
+            volumes |= {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates", [])}
             for m in c.get("volumeMounts", []):
                 if m["name"] not in volumes:
                     error(cwhere, f"mounts volume {m['name']}, which the pod does not define")
@@ -204,8 +235,6 @@ def check_sidecar(objects, sidecar_bin):
         error(where, f"{conf_path} should come from ConfigMap {cm_name} key {key}, which does not exist")
         return
     text = cm["data"][key]
-    if "TOKEN_ENCRYPTION_KEY" in text:
-        error(f"ConfigMap {cm_name}", "references TOKEN_ENCRYPTION_KEY; no configuration field uses it yet")
 
     # The container's environment, as the kubelet would build it (no inherited variables).
     secrets = {}
@@ -228,6 +257,19 @@ def check_sidecar(objects, sidecar_bin):
             env[e["name"]] = "dummy-value-0123456789"
 
     with tempfile.TemporaryDirectory() as tmp:
+        # Secret volumes the sidecar mounts (the Redis password, TLS files) become files with
+        # placeholder contents, and the configuration names them there: -t checks that they exist.
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for m in c.get("volumeMounts", []):
+            secret = volumes.get(m["name"], {}).get("secret")
+            if secret is None:
+                continue
+            local = os.path.join(tmp, m["name"])
+            os.makedirs(local)
+            for item in secret.get("items", []) or [{"path": k} for k in ("ca.crt", "tls.crt", "tls.key")]:
+                with open(os.path.join(local, item["path"]), "w") as f:
+                    f.write("placeholder\n")
+            text = text.replace(m["mountPath"].rstrip("/") + "/", local + "/")
         path = os.path.join(tmp, key)
         with open(path, "w") as f:
             f.write(text)
@@ -239,12 +281,72 @@ def check_sidecar(objects, sidecar_bin):
             print(f"ok   {out} (env: {', '.join(sorted(k for k in env if k != 'PATH'))})")
 
 
+def check_rendered(objects, what, versions, sidecar_bin, namespace="mcp", external_secrets=()):
+    """Schemas, cross-references and the sidecar configuration of one rendered output."""
+    before = len(errors)
+    for obj in objects:
+        validate_schema(obj, what, versions)
+    if len(errors) == before:
+        print(f"ok   {what}: {len(objects)} objects valid against Kubernetes {', '.join(versions)}")
+    before = len(errors)
+    check_references(objects, namespace, external_secrets)
+    if len(errors) == before:
+        print(f"ok   {what}: names, selectors, ports and references fit together")
+    check_sidecar(objects, sidecar_bin)
+
+
+def check_chart(chart, values_files, versions, sidecar_bin):
+    """`helm lint --strict` and `helm template` of the chart, offline (helm-python-sdk: Helm v4
+    as a library), with its default values and with each values file; every rendering is then
+    checked like the kustomization."""
+    from helm_python.chart import Chart, lint
+
+    for values_file in [None] + values_files:
+        label = f"chart {chart} with {values_file or 'default values'}"
+        values = None
+        if values_file:
+            with open(values_file) as f:
+                values = yaml.safe_load(f)
+        for version in versions:
+            report = lint(chart, values, strict=True, namespace="mcp", kube_version=f"v{version}")
+            problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+            for m in problems:
+                error(f"{label} lint [k8s {version}]", f"{m.get('path')}: {m.get('error')}")
+            for e in report.get("errors", []):
+                error(f"{label} lint [k8s {version}]", e)
+            if not problems and not report.get("errors"):
+                print(f"ok   helm lint --strict {label} [k8s {version}]")
+        with Chart.load(chart) as c:
+            try:
+                c.validate_schema(values)
+                rendered = c.render(values, name="mcp-server", namespace="mcp", is_install=True)
+            except Exception as e:  # the library's errors carry Helm's message
+                error(label, f"render: {e}")
+                continue
+        objects = []
+        for name, text in sorted(rendered.items()):
+            if name.endswith(".yaml"):
+                objects += [d for d in yaml.safe_load_all(text) if d is not None]
+        # Secrets the values name as existing ones come from outside the chart
+        external = set()
+        redis = (values or {}).get("redis", {})
+        for part in ("password", "tls"):
+            if redis.get(part, {}).get("existingSecret"):
+                external.add(redis[part]["existingSecret"])
+        if (values or {}).get("secrets", {}).get("existingSecret"):
+            external.add(values["secrets"]["existingSecret"])
+        check_rendered(objects, f"rendered {label}", versions, sidecar_bin, "mcp", external)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--k8s-dir", required=True)
     ap.add_argument("--rendered", required=True, help="output of `kustomize build`")
     ap.add_argument("--sidecar-bin", required=True)
     ap.add_argument("-k", "--kubernetes-version", action="append", required=True)
+    ap.add_argument("--helm-chart", help="a Helm chart directory to lint, render and check too")
+    ap.add_argument("--helm-values", action="append", default=[],
+                    help="values files to render the chart with, besides its defaults")
     args = ap.parse_args()
     versions = args.kubernetes_version
 
@@ -271,20 +373,12 @@ def main():
             print(f"ok   {path}: {', '.join(name_of(d) for d in docs)}{note}")
 
     # 2. The rendered kustomization: schemas again (generated objects, transformed names), then
-    #    the cross-references.
-    objects = load_docs(args.rendered)
-    before = len(errors)
-    for obj in objects:
-        validate_schema(obj, "rendered", versions)
-    if len(errors) == before:
-        print(f"ok   rendered kustomization: {len(objects)} objects valid against Kubernetes {', '.join(versions)}")
-    before = len(errors)
-    check_references(objects)
-    if len(errors) == before:
-        print("ok   rendered kustomization: names, selectors, ports and references fit together")
+    #    the cross-references; 3. the sidecar configuration in the ConfigMap.
+    check_rendered(load_docs(args.rendered), "rendered kustomization", versions, args.sidecar_bin)
 
-    # 3. The sidecar configuration in the ConfigMap.
-    check_sidecar(objects, args.sidecar_bin)
+    # 4. The Helm chart, rendered with each set of values, checked the same way.
+    if args.helm_chart:
+        check_chart(args.helm_chart, args.helm_values, versions, args.sidecar_bin)
 
     if errors:
         print(f"\n{len(errors)} problem(s) in the Kubernetes manifests", file=sys.stderr)

@@ -13,7 +13,11 @@
 #   4. extracts the sidecar configuration from the rendered ConfigMap and runs
 #      `mcp-sidecar -t -c` on it with the container's environment (dummy pod IP, the Secret's
 #      placeholder values).
-# Steps 2-4 are scripts/validate-k8s.py. Exit status 0 when all pass, non-zero otherwise.
+#   5. lints the Helm chart in deploy/helm/mcp-sidecar (`helm lint --strict`, Helm v4 as a
+#      library from PyPI helm-python-sdk: no helm binary, no network) and renders it with its
+#      default values and with ci/full-values.yaml (every option on), each rendering checked as
+#      in steps 2-4.
+# Steps 2-5 are scripts/validate-k8s.py. Exit status 0 when all pass, non-zero otherwise.
 #
 # Environment:
 #   K8S_VERSIONS  Kubernetes versions to validate against (default "1.29.0 1.37.0": 1.29 is the
@@ -107,5 +111,6 @@ echo "==> validating with kubernetes-validate $("$TOOLS/bin/pip" show kubernetes
 version_args=()
 for v in $K8S_VERSIONS; do version_args+=(-k "$v"); done
 "$TOOLS/bin/python" scripts/validate-k8s.py --k8s-dir k8s --rendered "$work/rendered.yaml" \
-  --sidecar-bin "$SIDECAR_BIN" "${version_args[@]}"
-echo "==> k8s/ is valid"
+  --sidecar-bin "$SIDECAR_BIN" "${version_args[@]}" \
+  --helm-chart deploy/helm/mcp-sidecar --helm-values deploy/helm/mcp-sidecar/ci/full-values.yaml
+echo "==> k8s/ and deploy/helm/mcp-sidecar are valid"

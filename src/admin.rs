@@ -7,18 +7,26 @@ use crate::session::Sessions;
 use crate::store::{unix_now, Backend};
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
-use log::info;
+use log::{info, warn};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::{json, Value};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub struct AdminApp {
     sessions: Arc<Sessions>,
     token: Option<String>,
     /// Configuration weaknesses, repeated in readiness so they stay visible after startup.
     warnings: Vec<String>,
+    /// Routes require keys and only the Redis registry has them: readiness checks that it is
+    /// not empty, at most once per `REGISTRY_CHECK_EVERY` (the check scans).
+    registry_check: Option<Mutex<Option<(Instant, bool)>>>,
 }
+
+const REGISTRY_CHECK_EVERY: Duration = Duration::from_secs(10);
+
+const EMPTY_REGISTRY: &str = "the hub key registry in Redis is empty while routes require keys: every user gets 401. Redis lost its data (a restart without persistence?): restore with `mcp-sidecar keys import`";
 
 impl AdminApp {
     pub fn new(sessions: Arc<Sessions>, token: Option<&str>) -> AdminApp {
@@ -26,6 +34,36 @@ impl AdminApp {
             sessions,
             token: token.map(str::to_string),
             warnings: Vec::new(),
+            registry_check: None,
+        }
+    }
+
+    /// Checks in readiness that the key registry is not empty (`Config::registry_required`).
+    pub fn with_registry_check(mut self, required: bool) -> AdminApp {
+        self.registry_check = required.then(|| Mutex::new(None));
+        self
+    }
+
+    /// Whether the registry was found empty (answers cached; a store error says nothing).
+    async fn registry_empty(&self) -> bool {
+        let Some(check) = &self.registry_check else {
+            return false;
+        };
+        let cached = *check.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, has)) = cached {
+            if at.elapsed() < REGISTRY_CHECK_EVERY {
+                return !has;
+            }
+        }
+        match self.sessions.store().has_hub_keys().await {
+            Ok(has) => {
+                if !has && cached.is_none_or(|(_, had)| had) {
+                    warn!("{EMPTY_REGISTRY}");
+                }
+                *check.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), has));
+                !has
+            }
+            Err(_) => cached.is_some_and(|(_, has)| !has),
         }
     }
 
@@ -39,8 +77,12 @@ impl AdminApp {
     /// cross-pod continuity) into a total one. Configuration warnings do not change the status.
     async fn readiness(&self) -> (StatusCode, Value) {
         let (status, mut body) = self.store_readiness().await;
-        if !self.warnings.is_empty() {
-            body["warnings"] = json!(self.warnings);
+        let mut warnings = self.warnings.clone();
+        if body["status"] == "ready" && self.registry_empty().await {
+            warnings.push(EMPTY_REGISTRY.to_string());
+        }
+        if !warnings.is_empty() {
+            body["warnings"] = json!(warnings);
         }
         (status, body)
     }

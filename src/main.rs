@@ -86,13 +86,9 @@ fn main() -> ExitCode {
     }
 
     let store: Arc<dyn SessionStore> = match config.redis_url() {
-        Some(url) => match RedisStore::new(
-            url,
-            config.redis.connect_timeout,
-            config.redis.command_timeout,
-        ) {
+        Some(url) => match RedisStore::new(&config.redis, url) {
             Ok(s) => {
-                info!("session store: redis at {}", redis_endpoint(url));
+                info!("session store: redis at {}", s.describe());
                 Arc::new(s)
             }
             Err(e) => {
@@ -147,7 +143,9 @@ fn main() -> ExitCode {
     proxy_service.add_tcp(&config.server.peer_listen);
     let mut admin = Service::new(
         "admin".to_string(),
-        AdminApp::new(sessions.clone(), config.admin_token()).with_warnings(config.warnings()),
+        AdminApp::new(sessions.clone(), config.admin_token())
+            .with_warnings(config.warnings())
+            .with_registry_check(config.registry_required()),
     );
     admin.add_tcp(&config.server.admin_listen);
     admin.threads = Some(1);
@@ -175,11 +173,4 @@ fn main() -> ExitCode {
         }),
     });
     ExitCode::SUCCESS
-}
-
-/// `host:port` of a Redis URL, without credentials, for logs.
-fn redis_endpoint(url: &str) -> String {
-    redis::Client::open(url)
-        .map(|c| c.get_connection_info().addr().to_string())
-        .unwrap_or_else(|_| "(invalid url)".into())
 }

@@ -166,9 +166,25 @@ impl Default for ServerSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RedisSection {
-    /// `redis://[user:password@]host:port[/db]`. Empty or absent: in-process store.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. Standalone: the
+    /// server; cluster: a seed node (the configuration endpoint); sentinel: a sentinel. Empty or
+    /// absent: in-process store.
     #[serde(deserialize_with = "secret_string")]
     pub url: Option<String>,
+    /// How the Redis (or Valkey) deployment is organised.
+    pub mode: RedisMode,
+    /// More seed nodes (cluster) or sentinels (sentinel) as `host:port`, reached with the URL's
+    /// scheme and credentials.
+    pub nodes: Vec<String>,
+    /// Sentinel: the name the sentinels know the primary by (`sentinel monitor <name> …`).
+    pub service_name: Option<String>,
+    /// ACL user; overrides the URL's.
+    pub username: Option<String>,
+    /// File holding the password (a mounted Secret; one trailing newline is ignored); overrides
+    /// the URL's. Read at startup.
+    pub password_file: Option<PathBuf>,
+    /// TLS settings for a `rediss://` URL.
+    pub tls: RedisTlsSection,
     /// Per-attempt connect timeout.
     #[serde(with = "human_duration")]
     pub connect_timeout: Duration,
@@ -181,10 +197,41 @@ impl Default for RedisSection {
     fn default() -> Self {
         Self {
             url: None,
+            mode: RedisMode::Standalone,
+            nodes: Vec::new(),
+            service_name: None,
+            username: None,
+            password_file: None,
+            tls: RedisTlsSection::default(),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
         }
     }
+}
+
+/// `redis.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisMode {
+    /// One server (or a managed primary endpoint that fails over behind one name).
+    Standalone,
+    /// Redis Cluster or Valkey cluster (ElastiCache cluster mode, ElastiCache Serverless).
+    Cluster,
+    /// A primary and replicas watched by Redis Sentinel: the primary is looked up by name.
+    Sentinel,
+}
+
+/// `redis.tls`. Certificates are always verified against the server's name (the URL's host,
+/// also sent as SNI); there is no switch to turn verification off.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RedisTlsSection {
+    /// PEM file of the CA(s) that signed the server certificates. Absent: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate (chain), for mutual TLS; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -571,18 +618,7 @@ impl Config {
             ));
         }
         if let Some(url) = self.redis_url() {
-            if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
-                return Err((
-                    "redis.url".into(),
-                    "must start with redis:// (TLS Redis is not built in); leave empty for the in-process store".into(),
-                ));
-            }
-            redis::Client::open(url).map_err(|e| {
-                (
-                    "redis.url".to_string(),
-                    format!("is not a valid Redis URL: {e}"),
-                )
-            })?;
+            self.validate_redis(url)?;
         }
         if self.redis_url().is_some() && self.peer_secret().is_none() {
             return Err((
@@ -721,6 +757,80 @@ impl Config {
         Ok(())
     }
 
+    /// The `redis` section beyond the URL's presence; never quotes the URL (it may hold a
+    /// password).
+    fn validate_redis(&self, url: &str) -> Result<(), (String, String)> {
+        let r = &self.redis;
+        let tls = url.starts_with("rediss://");
+        if !(tls || url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+            return Err((
+                "redis.url".into(),
+                "must start with redis:// or rediss:// (TLS); leave empty for the in-process store"
+                    .into(),
+            ));
+        }
+        if url.contains('#') {
+            return Err((
+                "redis.url".into(),
+                "must not have a #fragment: certificate verification cannot be switched off (give the server's CA in redis.tls.ca_file)".into(),
+            ));
+        }
+        redis::Client::open(url).map_err(|e| {
+            (
+                "redis.url".to_string(),
+                format!("is not a valid Redis URL: {e}"),
+            )
+        })?;
+        let t = &r.tls;
+        if !tls && (t.ca_file.is_some() || t.cert_file.is_some() || t.key_file.is_some()) {
+            return Err((
+                "redis.tls".into(),
+                "needs a rediss:// URL (redis:// is plaintext)".into(),
+            ));
+        }
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            return Err((
+                "redis.tls".into(),
+                "cert_file and key_file go together (mutual TLS)".into(),
+            ));
+        }
+        for (field, file) in [
+            ("redis.tls.ca_file", &t.ca_file),
+            ("redis.tls.cert_file", &t.cert_file),
+            ("redis.tls.key_file", &t.key_file),
+            ("redis.password_file", &r.password_file),
+        ] {
+            if let Some(path) = file {
+                std::fs::metadata(path).map_err(|e| {
+                    (
+                        field.to_string(),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?;
+            }
+        }
+        for (i, node) in r.nodes.iter().enumerate() {
+            validate_host_port(node).map_err(|m| (format!("redis.nodes[{i}]"), m))?;
+        }
+        match (r.mode, &r.service_name) {
+            (RedisMode::Sentinel, None) => Err((
+                "redis.service_name".into(),
+                "is required with mode: sentinel (the name the sentinels monitor the primary by)"
+                    .into(),
+            )),
+            (RedisMode::Sentinel, Some(_)) => Ok(()),
+            (_, Some(_)) => Err((
+                "redis.service_name".into(),
+                "is only used with mode: sentinel".into(),
+            )),
+            (RedisMode::Standalone, None) if !r.nodes.is_empty() => Err((
+                "redis.nodes".into(),
+                "is only used with mode: cluster or sentinel".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The Redis URL, or `None` for the in-process store.
     pub fn redis_url(&self) -> Option<&str> {
         self.redis
@@ -728,6 +838,14 @@ impl Config {
             .as_deref()
             .map(str::trim)
             .filter(|u| !u.is_empty())
+    }
+
+    /// Whether every key comes from the Redis registry while routes require keys: an empty
+    /// registry then refuses every user (readiness warns about it).
+    pub fn registry_required(&self) -> bool {
+        self.redis_url().is_some()
+            && self.auth.keys_file.is_none()
+            && self.routes.iter().any(|r| r.auth == AuthMode::Required)
     }
 
     /// The peer secret, if set and non-empty.
@@ -1186,7 +1304,7 @@ mod tests {
                 "redis.url",
             ),
             (
-                "redis: {url: 'rediss://u:98765432109876543210@h:1'}",
+                "redis: {url: 'rediss://u:98765432109876543210@h:1#insecure'}",
                 "redis.url",
             ),
             ("redis: {url: 9876543210987654321}", "redis.url"),
@@ -1205,6 +1323,54 @@ mod tests {
                     "{section} quotes the secret: {e}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn redis_modes_tls_and_credentials() {
+        let base =
+            "peer: {secret: 0123456789abcdef}\nserver: {advertise_address: '10.0.0.7:8081'}\n";
+        let ok = |redis: &str| parse(&format!("redis: {redis}\n{base}{MINIMAL}"));
+        let c = ok("{url: 'rediss://cache.example:6379', mode: cluster, nodes: ['cache-2.example:6379'], username: sidecar}").unwrap();
+        assert_eq!(c.redis.mode, RedisMode::Cluster);
+        assert_eq!(c.redis.nodes, ["cache-2.example:6379"]);
+        let c = ok("{url: 'redis://s-0:26379', mode: sentinel, service_name: mymaster}").unwrap();
+        assert_eq!(c.redis.service_name.as_deref(), Some("mymaster"));
+        for (redis, field) in [
+            // verification cannot be switched off by the URL
+            ("{url: 'rediss://h:1/#insecure'}", "redis.url"),
+            ("{url: 'http://h:1'}", "redis.url"),
+            // TLS material needs TLS
+            (
+                "{url: 'redis://h:1', tls: {ca_file: /etc/hostname}}",
+                "redis.tls",
+            ),
+            (
+                "{url: 'rediss://h:1', tls: {cert_file: /etc/hostname}}",
+                "redis.tls",
+            ),
+            (
+                "{url: 'rediss://h:1', tls: {ca_file: /nonexistent/ca.pem}}",
+                "redis.tls.ca_file",
+            ),
+            (
+                "{url: 'redis://h:1', password_file: /nonexistent/pw}",
+                "redis.password_file",
+            ),
+            ("{url: 'redis://h:1', mode: sentinel}", "redis.service_name"),
+            (
+                "{url: 'redis://h:1', service_name: m}",
+                "redis.service_name",
+            ),
+            ("{url: 'redis://h:1', nodes: ['h2:1']}", "redis.nodes"),
+            (
+                "{url: 'redis://h:1', mode: cluster, nodes: ['h2']}",
+                "redis.nodes[0]",
+            ),
+            ("{url: 'redis://h:1', mode: replicated}", "redis.mode"),
+        ] {
+            let e = ok(redis).unwrap_err();
+            assert_eq!(e.field, field, "{redis}: {e}");
         }
     }
 

@@ -7,6 +7,7 @@ use super::key;
 use super::policy::valid_token_name;
 use super::user::{field, HubUser};
 use crate::config::Config;
+use crate::store::connect::{Conn, Target};
 use crate::store::{keys, unix_now};
 use clap::{Args, Subcommand};
 use redis::AsyncCommands;
@@ -60,6 +61,17 @@ pub enum KeysCommand {
     /// format as enc:v2 (bound to its key record and token name). Needs
     /// `auth.token_encryption_key`.
     Reencrypt,
+    /// Writes every registry record to stdout, one JSON object a line, for backups and moving
+    /// to another Redis: the key's SHA-256, its fields as stored (service tokens included,
+    /// encrypted when `auth.token_encryption_key` is set) and its expiry. Keep the file as
+    /// secret as the registry.
+    Export,
+    /// Reads `keys export` lines from stdin into the registry. A record already present is kept
+    /// unless `--replace`; records past their expiry are skipped.
+    Import {
+        #[arg(long)]
+        replace: bool,
+    },
     /// Prints the stored (enc:v2) form of a token for an entry of `auth.keys_file`: `NAME=VALUE`
     /// or `NAME` to read the value from the environment variable NAME.
     EncryptToken {
@@ -161,10 +173,14 @@ pub fn run(config: &Config, cmd: KeysCommand) -> Result<(), String> {
                 .into(),
         ),
         (Some(url), cmd) => rt.block_on(async {
-            let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+            let target = Target::from_config(&config.redis, url)?;
             let mut c = tokio::time::timeout(
                 config.redis.connect_timeout.max(Duration::from_secs(2)),
-                client.get_multiplexed_async_connection(),
+                async {
+                    let mut c = target.connect().await?;
+                    redis::cmd("PING").query_async::<()>(&mut c).await?;
+                    Ok::<_, redis::RedisError>(c)
+                },
             )
             .await
             .map_err(|_| "Redis did not answer in time".to_string())?
@@ -220,27 +236,11 @@ fn print_static_entry(
     Ok(())
 }
 
-type Conn = redis::aio::MultiplexedConnection;
-
 async fn all_keys(c: &mut Conn) -> Result<Vec<(String, HashMap<String, String>)>, String> {
-    let mut names: Vec<String> = Vec::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(keys::HUB_KEY_PATTERN)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(c)
-            .await
-            .map_err(|e| e.to_string())?;
-        names.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let names = c
+        .scan_match(keys::HUB_KEY_PATTERN, 500)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         let map: HashMap<String, String> = c.hgetall(&n).await.map_err(|e| e.to_string())?;
@@ -534,6 +534,114 @@ async fn redis_command(
         KeysCommand::EncryptToken { key_sha256, token } => {
             encrypt_token(cipher, &key_sha256, &token)
         }
+        KeysCommand::Export => export(c).await,
+        KeysCommand::Import { replace } => {
+            let mut lines = Vec::new();
+            for line in std::io::stdin().lines() {
+                lines.push(line.map_err(|e| format!("reading stdin: {e}"))?);
+            }
+            import(c, &lines, replace).await
+        }
+    }
+}
+
+/// One `keys export` line.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Exported {
+    sha256: String,
+    fields: HashMap<String, String>,
+    /// Unix milliseconds; `None`: the record never expires.
+    expires_at_ms: Option<u64>,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn export(c: &mut Conn) -> Result<(), String> {
+    let records = all_keys(c).await?;
+    let mut out = String::new();
+    for (name, fields) in &records {
+        let ttl: i64 = c.pttl(name).await.map_err(|e| e.to_string())?;
+        let line = Exported {
+            sha256: record_of(name).to_string(),
+            fields: fields.clone(),
+            expires_at_ms: (ttl >= 0).then(|| now_ms() + ttl as u64),
+        };
+        out.push_str(&serde_json::to_string(&line).map_err(|e| e.to_string())?);
+        out.push('\n');
+    }
+    print!("{out}");
+    eprintln!(
+        "exported {} key record(s); the output holds their service tokens as stored: keep it as secret as the registry",
+        records.len()
+    );
+    Ok(())
+}
+
+async fn import(c: &mut Conn, lines: &[String], replace: bool) -> Result<(), String> {
+    let now = now_ms();
+    let (mut written, mut kept, mut expired) = (0, 0, 0);
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        // the line may hold tokens: say where it is wrong, never what it holds
+        let r: Exported = serde_json::from_str(line).map_err(|e| {
+            format!(
+                "line {}: not a keys export record ({})",
+                i + 1,
+                json_problem(&e)
+            )
+        })?;
+        if r.sha256.len() != 64 || !r.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("line {}: sha256 is not 64 hex characters", i + 1));
+        }
+        if r.fields.is_empty() {
+            return Err(format!("line {}: no fields", i + 1));
+        }
+        if r.expires_at_ms.is_some_and(|t| t <= now) {
+            expired += 1;
+            continue;
+        }
+        let name = keys::hub_key(&r.sha256.to_ascii_lowercase());
+        if !replace
+            && c.exists::<_, bool>(&name)
+                .await
+                .map_err(|e| e.to_string())?
+        {
+            kept += 1;
+            continue;
+        }
+        let fields: Vec<(&String, &String)> = r.fields.iter().collect();
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(&name)
+            .ignore()
+            .hset_multiple(&name, &fields)
+            .ignore();
+        if let Some(t) = r.expires_at_ms {
+            pipe.pexpire_at(&name, t as i64).ignore();
+        }
+        pipe.query_async::<()>(c).await.map_err(|e| e.to_string())?;
+        written += 1;
+    }
+    eprintln!(
+        "imported {written} key record(s); kept {kept} already present{}; skipped {expired} expired",
+        if replace { "" } else { " (--replace overwrites them)" }
+    );
+    Ok(())
+}
+
+/// What is wrong with an import line, without quoting it (it may hold tokens).
+fn json_problem(e: &serde_json::Error) -> &'static str {
+    match e.classify() {
+        serde_json::error::Category::Io => "unreadable",
+        serde_json::error::Category::Syntax => "not JSON",
+        serde_json::error::Category::Data => "wrong fields",
+        serde_json::error::Category::Eof => "cut short",
     }
 }
 

@@ -140,6 +140,10 @@ impl SessionStore for Counting {
         self.hit();
         self.inner.hub_key(d).await
     }
+
+    async fn has_hub_keys(&self) -> Result<bool, StoreError> {
+        self.inner.has_hub_keys().await
+    }
 }
 
 fn settings(me: &str) -> Settings {

@@ -1,5 +1,10 @@
 //! The Redis key schema, in one place. Every key lives under `mcp:`, is readable with
 //! `redis-cli`, and has a TTL. The README's "Redis key schema" section mirrors this file.
+//!
+//! No store operation touches two keys, so on a Redis Cluster every operation lives in one hash
+//! slot without hash tags. An operation that has to touch two keys (a script, a `MULTI`) must
+//! give them one slot with a hash tag, e.g. `mcp:{session:ID}` and `mcp:{session:ID}:lock`: a
+//! schema change that needs every pod switched at once.
 
 /// The one prefix every key of the sidecar lives under.
 pub const PREFIX: &str = "mcp:";

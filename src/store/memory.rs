@@ -329,6 +329,10 @@ impl SessionStore for MemoryStore {
     ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError> {
         Ok(None)
     }
+
+    async fn has_hub_keys(&self) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

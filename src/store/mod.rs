@@ -2,6 +2,7 @@
 //! by every sidecar of a deployment) and in-process (single-pod mode, the embedded default).
 //! The key schema is in [`keys`].
 
+pub mod connect;
 pub mod keys;
 mod memory;
 mod redis;
@@ -261,6 +262,10 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         digest: &str,
     ) -> Result<Option<std::collections::HashMap<String, String>>, StoreError>;
+
+    /// Whether the key registry holds any key (readiness: a registry emptied by a Redis restart
+    /// without persistence refuses every user). Scans, so callers cache the answer.
+    async fn has_hub_keys(&self) -> Result<bool, StoreError>;
 }
 
 /// Current Unix time in seconds.

@@ -1,14 +1,17 @@
-//! Redis backend. One multiplexed connection (redis' ConnectionManager) that reconnects by
-//! itself; every operation is bounded by the command timeout and counted when it fails, so a
-//! Redis outage degrades the sidecar instead of hanging requests.
+//! Redis backend. One multiplexed connection handle (standalone, cluster or Sentinel, see
+//! [`super::connect`]) that reconnects by itself; every operation is bounded by the command
+//! timeout and counted when it fails, so a Redis outage degrades the sidecar instead of hanging
+//! requests. Every operation touches one key, so each runs in one hash slot of a cluster.
 
+use super::connect::{Conn, Target};
 use super::keys::{self, session_field as f};
 use super::{
     Backend, PodInfo, SessionRecord, SessionStore, Standing, StoreError, Transport, UpstreamSession,
 };
+use crate::config::RedisSection;
 use crate::metrics::METRICS;
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use futures_util::StreamExt;
 use redis::AsyncCommands;
 use std::collections::HashMap;
 use std::future::Future;
@@ -89,42 +92,43 @@ static DELETE_IF: LazyLock<redis::Script> = LazyLock::new(|| {
 const SCAN_COUNT: usize = 200;
 
 pub struct RedisStore {
-    client: redis::Client,
-    config: ConnectionManagerConfig,
+    target: Target,
     command_timeout: Duration,
-    // created on first use: the manager must be built inside a Tokio runtime
-    conn: OnceCell<ConnectionManager>,
+    // created on first use: connections must be made inside a Tokio runtime
+    conn: OnceCell<Conn>,
 }
 
 impl RedisStore {
-    /// Validates the URL; connects lazily, so the sidecar starts even while Redis is down.
-    pub fn new(
-        url: &str,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-    ) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Backend {
+    /// Reads the credentials and certificates; connects lazily, so the sidecar starts even while
+    /// Redis is down.
+    pub fn new(section: &RedisSection, url: &str) -> Result<Self, StoreError> {
+        let target = Target::from_config(section, url).map_err(|message| StoreError::Backend {
             op: "open",
-            message: e.to_string(),
+            message,
         })?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(connect_timeout))
-            .set_response_timeout(Some(command_timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
         Ok(RedisStore {
-            client,
-            config,
-            command_timeout,
+            target,
+            command_timeout: section.command_timeout,
             conn: OnceCell::new(),
         })
     }
 
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
+    /// `host:port` of the configured node and the mode, for the startup log.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({})",
+            self.target.endpoint(),
+            match self.target.mode() {
+                crate::config::RedisMode::Standalone => "standalone",
+                crate::config::RedisMode::Cluster => "cluster",
+                crate::config::RedisMode::Sentinel => "sentinel",
+            }
+        )
+    }
+
+    async fn conn(&self) -> Result<Conn, StoreError> {
         self.conn
-            .get_or_try_init(|| async {
-                ConnectionManager::new_lazy_with_config(self.client.clone(), self.config.clone())
-            })
+            .get_or_try_init(|| self.target.connect())
             .await
             .cloned()
             .map_err(|e| StoreError::Backend {
@@ -133,25 +137,26 @@ impl RedisStore {
             })
     }
 
-    /// Runs one operation under the command timeout, counting failures by `op`.
+    /// Runs one operation under the command timeout (connecting included), counting failures
+    /// by `op`.
     async fn run<T, Fut>(
         &self,
         op: &'static str,
-        f: impl FnOnce(ConnectionManager) -> Fut,
+        f: impl FnOnce(Conn) -> Fut,
     ) -> Result<T, StoreError>
     where
         Fut: Future<Output = redis::RedisResult<T>>,
     {
-        let result = match self.conn().await {
-            Ok(conn) => match tokio::time::timeout(self.command_timeout, f(conn)).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err(e)) => Err(StoreError::Backend {
-                    op,
-                    message: e.to_string(),
-                }),
-                Err(_) => Err(StoreError::Timeout(op)),
-            },
-            Err(e) => Err(e),
+        let attempt = async {
+            let conn = self.conn().await?;
+            f(conn).await.map_err(|e| StoreError::Backend {
+                op,
+                message: e.to_string(),
+            })
+        };
+        let result = match tokio::time::timeout(self.command_timeout, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Timeout(op)),
         };
         if result.is_err() {
             METRICS.store_errors.with_label_values(&[op]).inc();
@@ -165,25 +170,29 @@ fn pttl(ms: i64) -> Option<Duration> {
     (ms >= 0).then(|| Duration::from_millis(ms as u64))
 }
 
-/// Every key matching `pattern`, by SCAN (never KEYS: it blocks Redis).
-async fn scan_keys(c: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<Vec<String>> {
-    let mut cursor: u64 = 0;
-    let mut keys = Vec::new();
-    loop {
-        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query_async(c)
-            .await?;
-        keys.extend(batch);
-        if next == 0 {
-            return Ok(keys);
-        }
-        cursor = next;
-    }
+/// Concurrent per-key reads for listings: `read` queues one key's commands on a pipeline. Keys
+/// are read one pipeline each because a cluster refuses pipelines that span hash slots; the
+/// multiplexed connection still sends them back to back.
+async fn read_each<T: redis::FromRedisValue + Send + 'static>(
+    c: &Conn,
+    keys: Vec<String>,
+    read: fn(&mut redis::Pipeline, &str),
+) -> redis::RedisResult<Vec<(String, T)>> {
+    futures_util::stream::iter(keys)
+        .map(|k| {
+            let mut c = c.clone();
+            async move {
+                let mut pipe = redis::pipe();
+                read(&mut pipe, &k);
+                let v: T = pipe.query_async(&mut c).await?;
+                Ok((k, v))
+            }
+        })
+        .buffered(SCAN_COUNT)
+        .collect::<Vec<redis::RedisResult<(String, T)>>>()
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn ttl_millis(ttl: Duration) -> u64 {
@@ -243,6 +252,13 @@ impl SessionStore for RedisStore {
             .run("hub_key", |mut c| async move { c.hgetall(key).await })
             .await?;
         Ok((!map.is_empty()).then_some(map))
+    }
+
+    async fn has_hub_keys(&self) -> Result<bool, StoreError> {
+        self.run("has_hub_keys", |mut c| async move {
+            c.scan_any(keys::HUB_KEY_PATTERN, SCAN_COUNT * 5).await
+        })
+        .await
     }
 
     async fn claim_session(
@@ -338,33 +354,20 @@ impl SessionStore for RedisStore {
     }
 
     async fn list_sessions(&self) -> Result<Vec<(SessionRecord, Option<Duration>)>, StoreError> {
-        let rows: Vec<(String, HashMap<String, String>, i64)> = self
+        let rows: Vec<(String, (HashMap<String, String>, i64))> = self
             .run("list_sessions", |mut c| async move {
-                let keys = scan_keys(&mut c, keys::SESSION_PATTERN).await?;
-                let mut rows = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(SCAN_COUNT) {
-                    let mut pipe = redis::pipe();
-                    for k in chunk {
-                        pipe.hgetall(k).pttl(k);
-                    }
-                    let answers: Vec<(HashMap<String, String>, i64)> =
-                        pipe.query_async(&mut c).await?;
-                    rows.extend(
-                        chunk
-                            .iter()
-                            .cloned()
-                            .zip(answers)
-                            .map(|(k, (h, t))| (k, h, t)),
-                    );
-                }
-                Ok(rows)
+                let keys = c.scan_match(keys::SESSION_PATTERN, SCAN_COUNT).await?;
+                read_each(&c, keys, |p, k| {
+                    p.hgetall(k).pttl(k);
+                })
+                .await
             })
             .await?;
         let prefix_len = keys::session("").len();
         Ok(rows
             .into_iter()
-            .filter(|(_, hash, _)| !hash.is_empty())
-            .filter_map(|(key, hash, ms)| {
+            .filter(|(_, (hash, _))| !hash.is_empty())
+            .filter_map(|(key, (hash, ms))| {
                 // a record written by something else is skipped in listings, not fatal
                 record_from_hash(&key[prefix_len..], hash)
                     .ok()
@@ -403,29 +406,19 @@ impl SessionStore for RedisStore {
     }
 
     async fn list_pods(&self) -> Result<Vec<PodInfo>, StoreError> {
-        let rows: Vec<(String, Option<String>, i64)> = self
+        let rows: Vec<(String, (Option<String>, i64))> = self
             .run("list_pods", |mut c| async move {
-                let keys = scan_keys(&mut c, keys::POD_PATTERN).await?;
-                if keys.is_empty() {
-                    // Redis refuses an empty pipeline
-                    return Ok(Vec::new());
-                }
-                let mut pipe = redis::pipe();
-                for k in &keys {
-                    pipe.get(k).pttl(k);
-                }
-                let answers: Vec<(Option<String>, i64)> = pipe.query_async(&mut c).await?;
-                Ok(keys
-                    .into_iter()
-                    .zip(answers)
-                    .map(|(k, (v, t))| (k, v, t))
-                    .collect())
+                let keys = c.scan_match(keys::POD_PATTERN, SCAN_COUNT).await?;
+                read_each(&c, keys, |p, k| {
+                    p.get(k).pttl(k);
+                })
+                .await
             })
             .await?;
         let prefix_len = keys::pod("").len();
         Ok(rows
             .into_iter()
-            .filter_map(|(key, info, ms)| {
+            .filter_map(|(key, (info, ms))| {
                 Some(PodInfo {
                     address: key[prefix_len..].to_string(),
                     info: info?,
@@ -497,30 +490,20 @@ impl SessionStore for RedisStore {
     }
 
     async fn list_upstream_sessions(&self) -> Result<Vec<UpstreamSession>, StoreError> {
-        let rows: Vec<(String, Option<String>, i64)> = self
+        let rows: Vec<(String, (Option<String>, i64))> = self
             .run("list_upstream_sessions", |mut c| async move {
-                let keys = scan_keys(&mut c, keys::UPSTREAM_SESSION_PATTERN).await?;
-                let mut rows = Vec::with_capacity(keys.len());
-                for chunk in keys.chunks(SCAN_COUNT) {
-                    let mut pipe = redis::pipe();
-                    for k in chunk {
-                        pipe.get(k).pttl(k);
-                    }
-                    let answers: Vec<(Option<String>, i64)> = pipe.query_async(&mut c).await?;
-                    rows.extend(
-                        chunk
-                            .iter()
-                            .cloned()
-                            .zip(answers)
-                            .map(|(k, (v, t))| (k, v, t)),
-                    );
-                }
-                Ok(rows)
+                let keys = c
+                    .scan_match(keys::UPSTREAM_SESSION_PATTERN, SCAN_COUNT)
+                    .await?;
+                read_each(&c, keys, |p, k| {
+                    p.get(k).pttl(k);
+                })
+                .await
             })
             .await?;
         Ok(rows
             .into_iter()
-            .filter_map(|(key, sid, ms)| {
+            .filter_map(|(key, (sid, ms))| {
                 let (server, context) = keys::parse_upstream_session(&key)?;
                 Some(UpstreamSession {
                     server_name: server.to_string(),

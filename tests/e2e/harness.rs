@@ -182,30 +182,367 @@ impl Drop for Proc {
     }
 }
 
-/// redis-server on its own port, with no persistence, so tests can kill it.
+/// A Redis deployment for the sidecars: one redis-server on its own port with no persistence
+/// (so tests can kill it), or, when `MCP_TEST_REDIS` says so, a cluster or a Sentinel-managed
+/// primary (`Redis::start` is what the scenario tests use, so they run unchanged on each).
 pub struct Redis {
+    /// The server; a cluster's seed node; Sentinel's first sentinel.
     pub proc: Proc,
     pub port: u16,
+    /// Every other process of the deployment: (port, process).
+    pub others: Vec<(u16, Proc)>,
+    url: String,
+    /// The rest of the sidecar's `redis:` mapping after the URL.
+    extra: String,
+}
+
+/// `redis-cli -p PORT ARGS…` on loopback: its stdout (empty when it failed).
+pub fn redis_cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli (redis-tools) is installed by scripts/test.sh");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// Polls `ok` every 100 ms for up to `limit`; panics with `what` if it never holds.
+pub fn wait_until(limit: Duration, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 impl Redis {
+    /// One standalone redis-server.
     pub fn start(dir: &Path) -> Redis {
         Self::start_on(dir, free_port())
     }
 
+    /// The deployment `MCP_TEST_REDIS` names (`standalone`, the default, `cluster` or
+    /// `sentinel`), for the scenarios that only talk to Redis through sidecars and the `keys`
+    /// CLI (configured with [`Redis::section`]).
+    pub fn deployment(dir: &Path) -> Redis {
+        match std::env::var("MCP_TEST_REDIS").as_deref() {
+            Ok("cluster") => Self::cluster(dir),
+            Ok("sentinel") => Self::sentinel(dir),
+            Ok("standalone") | Err(_) => Self::start(dir),
+            Ok(other) => panic!("MCP_TEST_REDIS={other}: use standalone, cluster or sentinel"),
+        }
+    }
+
     pub fn start_on(dir: &Path, port: u16) -> Redis {
+        Self::start_args(dir, port, &[])
+    }
+
+    /// One redis-server on `port` with more arguments (`--rename-command`, ACL users, TLS).
+    pub fn start_args(dir: &Path, port: u16, args: &[&str]) -> Redis {
+        let mut proc = Self::server(dir, port, args);
+        proc.wait_port(port);
+        Redis {
+            proc,
+            port,
+            others: Vec::new(),
+            url: format!("redis://127.0.0.1:{port}"),
+            extra: String::new(),
+        }
+    }
+
+    fn server(dir: &Path, port: u16, args: &[&str]) -> Proc {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
-            .arg(dir);
-        let mut proc = Proc::spawn(dir, &format!("redis-{port}"), cmd);
+            .arg(dir)
+            .args(args);
+        Proc::spawn(dir, &format!("redis-{port}"), cmd)
+    }
+
+    /// TLS only (no plaintext port), the server certificate of `certs`; with `mutual`, clients
+    /// must present a certificate signed by the test CA. `extra` goes into the sidecar's
+    /// `redis:` mapping (credentials, `tls:` files).
+    pub fn start_tls(dir: &Path, certs: &Certs, mutual: bool, args: &[&str], extra: &str) -> Redis {
+        let port = free_port();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", "0", "--tls-port", &port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--tls-cert-file")
+            .arg(certs.path("server.crt"))
+            .arg("--tls-key-file")
+            .arg(certs.path("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(certs.path("ca.crt"))
+            .args(["--tls-auth-clients", if mutual { "yes" } else { "no" }])
+            .arg("--dir")
+            .arg(dir)
+            .args(args);
+        let mut proc = Proc::spawn(dir, &format!("redis-tls-{port}"), cmd);
         proc.wait_port(port);
-        Redis { proc, port }
+        Redis {
+            proc,
+            port,
+            others: Vec::new(),
+            url: format!("rediss://127.0.0.1:{port}"),
+            extra: extra.to_string(),
+        }
+    }
+
+    /// Three primaries with a replica each, made by `redis-cli --cluster create`; a node that
+    /// stops answering is failed over after 1s.
+    pub fn cluster(dir: &Path) -> Redis {
+        let ports: Vec<u16> = (0..6).map(|_| free_port()).collect();
+        let mut procs: Vec<(u16, Proc)> = ports
+            .iter()
+            .map(|&p| {
+                let conf = dir.join(format!("nodes-{p}.conf"));
+                // the bus port would be port + 10000, which free_port may hand out
+                let bus = free_port().to_string();
+                let proc = Self::server(
+                    dir,
+                    p,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-config-file",
+                        conf.to_str().unwrap(),
+                        "--cluster-node-timeout",
+                        "1000",
+                    ],
+                );
+                (p, proc)
+            })
+            .collect();
+        for (p, proc) in &mut procs {
+            proc.wait_port(*p);
+        }
+        let nodes: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(nodes.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = Command::new("redis-cli")
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli (redis-tools) is installed by scripts/test.sh");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        // every node must agree before a client learns the topology from any of them
+        wait_until(Duration::from_secs(30), "the cluster became ok", || {
+            ports.iter().all(|p| {
+                redis_cli(*p, &["cluster", "info"]).contains("cluster_state:ok")
+                    && !redis_cli(*p, &["cluster", "nodes"]).contains("handshake")
+            })
+        });
+        let (port, proc) = procs.remove(0);
+        Redis {
+            proc,
+            port,
+            others: procs,
+            url: format!("redis://127.0.0.1:{port}"),
+            extra: format!(", mode: cluster, nodes: [{}]", nodes[1..].join(", ")),
+        }
+    }
+
+    /// A primary, a replica and three sentinels watching them as `mymaster` (down after 1s).
+    pub fn sentinel(dir: &Path) -> Redis {
+        let primary = free_port();
+        let replica = free_port();
+        let mut procs = vec![
+            (primary, Self::server(dir, primary, &[])),
+            (
+                replica,
+                Self::server(
+                    dir,
+                    replica,
+                    &["--replicaof", "127.0.0.1", &primary.to_string()],
+                ),
+            ),
+        ];
+        let sentinels: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        for &p in &sentinels {
+            let conf = dir.join(format!("sentinel-{p}.conf"));
+            fs::write(
+                &conf,
+                format!(
+                    "port {p}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {primary} 2\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\nsentinel parallel-syncs mymaster 1\n",
+                    dir.display()
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new("redis-server");
+            cmd.arg(&conf).arg("--sentinel");
+            procs.push((p, Proc::spawn(dir, &format!("sentinel-{p}"), cmd)));
+        }
+        for (p, proc) in &mut procs {
+            proc.wait_port(*p);
+        }
+        wait_until(Duration::from_secs(30), "the replica synced", || {
+            redis_cli(replica, &["info", "replication"]).contains("master_link_status:up")
+        });
+        wait_until(
+            Duration::from_secs(30),
+            "every sentinel knows the replica and the others",
+            || {
+                sentinels.iter().all(|p| {
+                    let m = redis_cli(*p, &["sentinel", "master", "mymaster"]);
+                    let n = |field: &str| {
+                        m.lines()
+                            .skip_while(|l| *l != field)
+                            .nth(1)
+                            .and_then(|v| v.trim().parse::<u32>().ok())
+                            .unwrap_or(0)
+                    };
+                    n("num-slaves") >= 1 && n("num-other-sentinels") >= 2
+                })
+            },
+        );
+        let first = procs.iter().position(|(p, _)| *p == sentinels[0]).unwrap();
+        let (port, proc) = procs.remove(first);
+        Redis {
+            proc,
+            port,
+            others: procs,
+            url: format!("redis://127.0.0.1:{port}"),
+            extra: format!(
+                ", mode: sentinel, service_name: mymaster, nodes: ['127.0.0.1:{}', '127.0.0.1:{}']",
+                sentinels[1], sentinels[2]
+            ),
+        }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.url.clone()
+    }
+
+    /// The sidecar's `redis:` mapping for this deployment (flow style).
+    pub fn section(&self) -> String {
+        format!("{{url: '{}'{}}}", self.url, self.extra)
+    }
+
+    /// A connection to the deployment the way the sidecar makes it (cluster and Sentinel
+    /// included), for tests that read or write keys themselves.
+    pub async fn conn(&self) -> mcp_sidecar::store::connect::Conn {
+        let section: mcp_sidecar::config::RedisSection =
+            serde_yaml::from_str(&self.section()).unwrap();
+        mcp_sidecar::store::connect::Target::from_config(&section, &self.url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// Stops a process of the deployment (by port) at once, as a crashed node.
+    pub fn kill_port(&mut self, port: u16) {
+        if port == self.port {
+            self.proc.kill();
+        }
+        for (p, proc) in &mut self.others {
+            if *p == port {
+                proc.kill();
+            }
+        }
+    }
+}
+
+/// TLS material made with openssl in a test's directory: a CA (`ca.crt`), a server certificate
+/// for 127.0.0.1 and localhost (`server.crt`, `server.key`), a client certificate
+/// (`client.crt`, `client.key`), another CA that signed nothing here (`other-ca.crt`), and a
+/// server certificate of the test CA for another name (`elsewhere.crt`, `elsewhere.key`).
+pub struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    pub fn generate(dir: &Path) -> Certs {
+        let dir = dir.join("tls");
+        fs::create_dir_all(&dir).unwrap();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdin(Stdio::null())
+                .output()
+                .expect("openssl is installed by scripts/test.sh");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let key = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        for ca in ["ca", "other-ca"] {
+            let mut args = vec!["req", "-x509"];
+            args.extend(key);
+            let (k, c, subj) = (
+                format!("{ca}.key"),
+                format!("{ca}.crt"),
+                format!("/CN=test {ca}"),
+            );
+            args.extend(["-keyout", &k, "-out", &c, "-days", "2", "-subj", &subj]);
+            args.extend(["-addext", "basicConstraints=critical,CA:TRUE"]);
+            args.extend(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+            openssl(&args);
+        }
+        for (name, san, usage) in [
+            ("server", "DNS:localhost,IP:127.0.0.1", "serverAuth"),
+            ("elsewhere", "DNS:redis.elsewhere.example", "serverAuth"),
+            ("client", "DNS:sidecar", "clientAuth"),
+        ] {
+            let ext = format!("{name}.ext");
+            fs::write(
+                dir.join(&ext),
+                format!(
+                    "subjectAltName={san}\nextendedKeyUsage={usage}\nbasicConstraints=CA:FALSE\n"
+                ),
+            )
+            .unwrap();
+            let (k, csr, crt) = (
+                format!("{name}.key"),
+                format!("{name}.csr"),
+                format!("{name}.crt"),
+            );
+            let mut args = vec!["req"];
+            args.extend(key);
+            let subj = format!("/CN={name}");
+            args.extend(["-keyout", &k, "-out", &csr, "-subj", &subj]);
+            openssl(&args);
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ]);
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
     }
 }
 
@@ -823,8 +1160,8 @@ impl Pod {
             ip,
             server,
             &format!(
-                "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{extra}routes:\n{route}",
-                redis.url()
+                "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{extra}routes:\n{route}",
+                redis.section()
             ),
         );
         Pod {
@@ -878,8 +1215,8 @@ pub fn everything_pods(
                 dir,
                 &format!("127.0.0.{i}"),
                 &format!(
-                    "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{}",
-                    redis.url(),
+                    "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nroutes:\n{}",
+                    redis.section(),
                     route(&format!("{}/mcp", upstream.base()))
                 ),
             );
@@ -1032,8 +1369,19 @@ impl Cluster {
         extra: &str,
         transport: Transport,
     ) -> Cluster {
+        Self::start_redis(name, server, extra, transport, Redis::deployment)
+    }
+
+    /// On the Redis deployment `redis` makes in the test's directory.
+    pub fn start_redis(
+        name: &str,
+        server: &[(&str, &str)],
+        extra: &str,
+        transport: Transport,
+        redis: impl FnOnce(&Path) -> Redis,
+    ) -> Cluster {
         let dir = test_dir(name);
-        let redis = Redis::start(&dir);
+        let redis = redis(&dir);
         let pods: Vec<Pod> = (1..=3)
             .map(|i| {
                 Pod::on_full(

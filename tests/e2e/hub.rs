@@ -82,7 +82,7 @@ struct Hub {
 impl Hub {
     fn start(name: &str, pods: usize) -> Hub {
         let dir = test_dir(name);
-        let redis = Redis::start(&dir);
+        let redis = Redis::deployment(&dir);
         let keys_file = dir.join("keys.yaml");
         let file_keys = write_key_file(&keys_file);
         let pods: Vec<(FastMcp, Sidecar, PathBuf)> = (1..=pods)
@@ -100,8 +100,8 @@ impl Hub {
                     &dir,
                     &ip,
                     &format!(
-                        "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nauth: {{cache_ttl: 1s, keys_file: '{}', token_encryption_key: '{ENCRYPTION_KEY}'}}\nroutes:\n{}",
-                        redis.url(),
+                        "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nauth: {{cache_ttl: 1s, keys_file: '{}', token_encryption_key: '{ENCRYPTION_KEY}'}}\nroutes:\n{}",
+                        redis.section(),
                         keys_file.display(),
                         route("/mcp", &format!("{}/mcp", up.base()), "github")
                     ),
@@ -182,11 +182,7 @@ async fn users_see_only_their_own_identity_and_tokens_and_nothing_leaks() {
     ]);
 
     // at rest: the registry holds digests and ciphertext, never the key or a token
-    let mut redis = redis::Client::open(hub.redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut redis = hub.redis.conn().await;
     let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
         .arg(format!("mcp:hub:key:{}", sha256(&alice)))
         .query_async(&mut redis)
@@ -594,7 +590,7 @@ async fn set_token_changes_what_the_upstream_receives() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tools_are_filtered_by_group_in_json_and_sse_answers() {
     let dir = test_dir("hub-filter");
-    let redis = Redis::start(&dir);
+    let redis = Redis::deployment(&dir);
     let keys_file = dir.join("keys.yaml");
     let file_keys = write_key_file(&keys_file);
     let capture = dir.join("capture.jsonl");
@@ -615,8 +611,8 @@ async fn tools_are_filtered_by_group_in_json_and_sse_answers() {
     let sidecar = Sidecar::start(
         &dir,
         &format!(
-            "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nauth: {{keys_file: '{}'}}\nroutes:\n{}{}",
-            redis.url(),
+            "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nauth: {{keys_file: '{}'}}\nroutes:\n{}{}",
+            redis.section(),
             keys_file.display(),
             route("/sse-answers", &format!("{}/mcp", sse_up.base()), "sse"),
             route("/json-answers", &format!("{}/mcp", json_up.base()), "json"),
@@ -772,11 +768,7 @@ async fn offerings_list_combines_tools_prompts_and_resources() {
 }
 
 async fn hub_record(redis: &Redis, key: &str) -> std::collections::HashMap<String, String> {
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.conn().await;
     redis::cmd("HGETALL")
         .arg(format!("mcp:hub:key:{}", sha256(key)))
         .query_async(&mut c)
@@ -785,11 +777,7 @@ async fn hub_record(redis: &Redis, key: &str) -> std::collections::HashMap<Strin
 }
 
 async fn set_token(redis: &Redis, key: &str, name: &str, value: &str) {
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
+    let mut c = redis.conn().await;
     let _: () = redis::cmd("HSET")
         .arg(format!("mcp:hub:key:{}", sha256(key)))
         .arg(format!("token:{name}"))

@@ -146,7 +146,7 @@ async fn without_sidecars_the_same_scenario_loses_the_session() {
 #[tokio::test(flavor = "multi_thread")]
 async fn typescript_sse_client_against_server_everything_across_pods() {
     let dir = test_dir("legacy-ts-3pods");
-    let redis = Redis::start(&dir);
+    let redis = Redis::deployment(&dir);
     let servers: Vec<Everything> = (0..3)
         .map(|_| Everything::start(&dir, Transport::Sse))
         .collect();
@@ -158,8 +158,8 @@ async fn typescript_sse_client_against_server_everything_across_pods() {
                 &dir,
                 &format!("127.0.0.{}", i + 1),
                 &format!(
-                    "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nroutes:\n{}",
-                    redis.url(),
+                    "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nroutes:\n{}",
+                    redis.section(),
                     Sidecar::route("/", &s.base(), "everything-sse")
                 ),
             )

@@ -13,6 +13,7 @@ mod hub;
 mod legacy;
 mod ownership;
 mod pods;
+mod redis_infra;
 mod redis_mode;
 mod shared;
 mod store_redis;

@@ -222,7 +222,14 @@ async fn forged_hops_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn redis_outage_and_an_empty_restart() {
-    let mut cluster = Cluster::start("redis-trouble", "");
+    // one standalone Redis whatever MCP_TEST_REDIS says: this test stops and restarts it
+    let mut cluster = Cluster::start_redis(
+        "redis-trouble",
+        &[],
+        "",
+        Transport::StreamableHttp,
+        Redis::start,
+    );
     let client = reqwest::Client::new();
     let a = &cluster.pods[0].sidecar;
     let sid = open_session(&client, &a.url("/mcp")).await;

@@ -35,7 +35,7 @@ impl SharedPods {
     }
 
     fn start_in(dir: PathBuf, pods: usize, top: &str, auth: bool) -> SharedPods {
-        let redis = Redis::start(&dir);
+        let redis = Redis::deployment(&dir);
         let pods: Vec<(FastMcp, Sidecar, PathBuf)> = (1..=pods)
             .map(|i| {
                 let ip = format!("127.0.0.{i}");
@@ -51,8 +51,8 @@ impl SharedPods {
                     &dir,
                     &ip,
                     &format!(
-                        "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{top}routes:\n{}",
-                        redis.url(),
+                        "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{top}routes:\n{}",
+                        redis.section(),
                         shared_route(&format!("{}/mcp", up.base()), "demo", auth)
                     ),
                 );
@@ -86,13 +86,6 @@ impl SharedPods {
         .as_array()
         .unwrap()
         .clone()
-    }
-
-    fn redis(&self) -> redis::Connection {
-        redis::Client::open(self.redis.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
     }
 }
 
@@ -167,10 +160,11 @@ async fn two_hundred_clients_with_colliding_ids_get_only_their_own_answers_on_on
     let ttl = listed[0]["ttl"].as_u64().unwrap();
     assert!(ttl > 3500 && ttl <= 3600, "{ttl}");
     // redis-cli GET shows the same
-    let mut r = c.redis();
+    let mut r = c.redis.conn().await;
     let stored: String = redis::cmd("GET")
         .arg("mcp:upstream:session:demo:shared")
-        .query(&mut r)
+        .query_async(&mut r)
+        .await
         .unwrap();
     assert_eq!(stored, sid);
     let logs = c.logs();

@@ -1,6 +1,7 @@
 //! The Redis session store against a real redis-server: schema, TTLs, outage and reconnect.
 
 use crate::harness::*;
+use mcp_sidecar::config::RedisSection;
 use mcp_sidecar::store::{keys, RedisStore, SessionRecord, SessionStore, Standing};
 use std::time::{Duration, Instant};
 
@@ -21,12 +22,12 @@ fn record(id: &str) -> SessionRecord {
 }
 
 fn store(redis: &Redis) -> RedisStore {
-    RedisStore::new(
-        &redis.url(),
-        Duration::from_millis(300),
-        Duration::from_millis(300),
-    )
-    .unwrap()
+    let section = RedisSection {
+        connect_timeout: Duration::from_millis(300),
+        command_timeout: Duration::from_millis(300),
+        ..Default::default()
+    };
+    RedisStore::new(&section, &redis.url()).unwrap()
 }
 
 async fn raw(redis: &Redis) -> redis::aio::MultiplexedConnection {
