@@ -22,7 +22,7 @@ use super::forward::Forwarded;
 use super::local::Local;
 use super::{session_not_found, store_unavailable, Plan, SessionIds};
 use crate::protocol::jsonrpc::code;
-use crate::protocol::unknown_session::may_be_unknown_session;
+use crate::protocol::unknown_session::{is_unknown_session, may_be_unknown_session};
 use crate::proxy::admission::PRE_READ_LIMIT;
 use crate::proxy::context::RequestCtx;
 use crate::proxy::reply::Refusal;
@@ -36,6 +36,9 @@ use pingora::proxy::Session;
 use pingora::ErrorType;
 
 const FORGOTTEN: &str = "MCP server forgot the session";
+
+/// The id of the sidecar's own probes, so they never collide with a client's.
+const PROBE_ID: &str = "mcp-sidecar-probe";
 
 /// A plan that failed in a way recovery may mend, waiting for `upstream_peer`.
 pub(crate) struct Retry {
@@ -205,13 +208,20 @@ impl Sidecar {
         Ok(())
     }
 
-    /// Asks this pod's MCP server, with a `ping`, whether it still knows the session.
+    /// Asks this pod's MCP server, with a `ping` on the session, whether it still knows it.
     async fn forgotten(&self, session: &Session, ctx: &RequestCtx, s: &SessionIds) -> bool {
         let (route, path, version) = upstream_target(session, ctx);
         let extra = self.injected(session, ctx, Some(&s.client));
-        self.sessions
-            .upstream_forgot(&route, &path, &s.upstream, version, &extra)
-            .await
+        // unique per probe: concurrent probes of one (shared) session must not collide
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":"{PROBE_ID}-{}","method":"ping"}}"#,
+            uuid::Uuid::new_v4().simple()
+        );
+        let answer = self
+            .sessions
+            .call_upstream(&route, &path, Some(&s.upstream), version, &extra, &body)
+            .await;
+        answer.is_ok_and(|a| is_unknown_session(a.status, &a.body))
     }
 
     /// Recovers the plan's session and points the plan at the result (unchanged on failure).
