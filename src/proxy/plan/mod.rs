@@ -19,6 +19,9 @@
 //! answer, or a local request whose MCP server forgot the session, becomes `Retry`, which
 //! the next `upstream_peer` turns into `Recovered` (`recover.rs`); a hand-off whose peer does
 //! not answer becomes `Local`.
+//!
+//! A new way of serving (a bridge between protocol eras, say) is one more variant, one more
+//! file, and its arm in `choose` and in the phase methods at the end of this file.
 
 mod forward;
 mod hand_off;
