@@ -16,5 +16,5 @@ pub(crate) struct HandedOff {
 
 /// The peer taking over is gone too: the plan becomes serving it here.
 pub(super) fn peer_unreachable(plan: &mut Plan) {
-    plan.become_(|_| Plan::Local(Local { session: None }));
+    plan.turn_into(|_| Plan::Local(Local { session: None }));
 }

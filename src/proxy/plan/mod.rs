@@ -31,6 +31,8 @@ mod local;
 mod offerings;
 mod recover;
 mod shared;
+#[cfg(test)]
+mod tests;
 
 use super::context::RequestCtx;
 use super::reply::Refusal;
@@ -193,7 +195,7 @@ fn refuse_two_sessions(req: &RequestHeader) -> Result<(), Refusal> {
 /// What each phase asks of the plan; each way's own part is in its file.
 impl Plan {
     /// Replaces the plan with what it becomes.
-    fn become_(&mut self, next: impl FnOnce(Plan) -> Plan) {
+    fn turn_into(&mut self, next: impl FnOnce(Plan) -> Plan) {
         let previous = std::mem::replace(self, Plan::Undecided);
         *self = next(previous);
     }

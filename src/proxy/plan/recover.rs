@@ -83,7 +83,7 @@ impl Plan {
     }
 
     fn retry(&mut self, reason: &'static str) {
-        self.become_(|previous| Plan::Retry(Box::new(Retry { reason, previous })));
+        self.turn_into(|previous| Plan::Retry(Box::new(Retry { reason, previous })));
     }
 }
 
