@@ -15,6 +15,7 @@ pub mod cli;
 pub mod crypto;
 pub mod filter;
 pub mod key;
+pub mod key_file;
 pub mod policy;
 pub mod registry;
 pub mod user;

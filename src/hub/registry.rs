@@ -5,7 +5,8 @@
 //! `cache_ttl + stale_if_error` are used rather than refusing every user.
 
 use super::crypto::TokenCipher;
-use super::user::{HubUser, KeyFile};
+use super::key_file::KeyFile;
+use super::user::HubUser;
 use crate::metrics::METRICS;
 use crate::store::SessionStore;
 use log::{info, warn};

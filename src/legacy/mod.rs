@@ -4,7 +4,7 @@
 //! messages (`/messages/?session_id=<32 hex>` from the Python SDK, `/message?sessionId=<uuid>`
 //! from the TypeScript SDK), and every answer arrives on the stream. The session lives in the
 //! process that holds the stream, so it cannot be replayed elsewhere: the sidecar relays the
-//! stream itself (`proxy::relay`), registers the session with its owner pod when the
+//! stream itself (`proxy/plan/legacy_stream.rs`), registers the session with its owner pod when the
 //! `endpoint` event passes, forwards posts that land on other pods to the owner over the
 //! signed peer hop, keeps idle streams alive with comment lines, and removes the session when
 //! the stream closes. A post for a session whose owner is gone gets 404 `Could not find

@@ -15,6 +15,10 @@
 //! 4. The local MCP server answers that it does not know the session (it restarted): the
 //!    sidecar probes with a `ping` to be sure, recovers as in 3, and retries the request.
 //!
+//! The proxy's side of each case is one file of `proxy/plan/`: `local.rs` (1), `forward.rs`
+//! (2), `recover.rs` (3 and 4: when to recover, the probe, the one retry; `recover` below is
+//! the store's half).
+//!
 //! Draining (SIGTERM, or `POST /api/admin/drain` from a Kubernetes `preStop` hook): the pod
 //! deregisters at once, so peers recover its sessions on their next request instead of waiting
 //! for `pod_ttl`. Requests that still reach the draining pod are handed to a live peer over the
@@ -40,7 +44,6 @@ pub mod upstream_call;
 
 use crate::metrics::METRICS;
 use crate::protocol::headers::{is_valid_session_id, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
-use crate::protocol::unknown_session::is_unknown_session;
 use crate::route::Route;
 use crate::store::{unix_now, SessionRecord, SessionStore, Standing, StoreError};
 use lease::Lease;
@@ -151,7 +154,6 @@ impl fmt::Display for RecoveryError {
 
 /// Ids the sidecar uses for its own JSON-RPC requests, so they never collide with a client's.
 const RECOVERY_ID: &str = "\"mcp-sidecar-recovery\"";
-const PROBE_ID: &str = "mcp-sidecar-probe";
 
 /// The session layer, shared by all requests and the heartbeat.
 pub struct Sessions {
@@ -720,36 +722,6 @@ impl Sessions {
                     break;
                 }
             }
-        }
-    }
-
-    /// Asks the local MCP server whether it still knows `upstream_sid`, with a `ping`.
-    pub async fn upstream_forgot(
-        &self,
-        route: &Route,
-        path: &str,
-        upstream_sid: &str,
-        protocol_version: Option<&str>,
-        extra: &[Injected],
-    ) -> bool {
-        // unique per probe: concurrent probes of one (shared) session must not collide
-        let body = format!(
-            r#"{{"jsonrpc":"2.0","id":"{PROBE_ID}-{}","method":"ping"}}"#,
-            uuid::Uuid::new_v4().simple()
-        );
-        match self
-            .call_upstream(
-                route,
-                path,
-                Some(upstream_sid),
-                protocol_version,
-                extra,
-                &body,
-            )
-            .await
-        {
-            Ok(a) => is_unknown_session(a.status, &a.body),
-            Err(_) => false,
         }
     }
 

@@ -2,10 +2,13 @@
 //! client's session for `tools/list`, `prompts/list` and `resources/list` (every page) and
 //! combining the three, with the tools filtered as `tools/list` would be.
 
-use super::reply::{self, Refusal};
-use super::{upstream_target, RequestCtx, Sidecar};
+use super::{Plan, SessionIds};
 use crate::protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
+use crate::proxy::context::RequestCtx;
+use crate::proxy::reply::{self, Refusal};
+use crate::proxy::upstream::upstream_target;
+use crate::proxy::Sidecar;
 use crate::session::upstream_call;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -43,6 +46,19 @@ fn message_of(answer: &upstream_call::Answer, id: &str) -> Option<Value> {
             .ok()
             .filter(is_ours)
     })
+}
+
+/// Whether the sidecar answers this request itself: `offerings/list` on a session served
+/// here (or without one, which it refuses), never one served by another sidecar, which
+/// answers it there.
+pub(super) fn asked(ctx: &RequestCtx, plan: &Plan) -> bool {
+    ctx.envelope.as_ref().and_then(|e| e.method()) == Some("offerings/list")
+        && match plan {
+            Plan::Local(_) => true,
+            Plan::Recovered(inner) => inner.served_here(),
+            Plan::Shared(s) => s.owner().is_none(),
+            _ => false,
+        }
 }
 
 impl Sidecar {
@@ -107,9 +123,10 @@ impl Sidecar {
     pub(super) async fn answer_offerings(
         &self,
         session: &mut Session,
-        ctx: &mut RequestCtx,
+        ctx: &RequestCtx,
+        on: Option<&SessionIds>,
     ) -> Result<()> {
-        let Some(upstream_sid) = ctx.session.as_ref().map(|s| s.upstream_sid.clone()) else {
+        let Some(upstream_sid) = on.map(|s| s.upstream.clone()) else {
             let refusal = Refusal::new(
                 400,
                 code::INVALID_REQUEST,
@@ -119,7 +136,7 @@ impl Sidecar {
         };
         let (route, path, version) = upstream_target(session, ctx);
         let version = version.map(str::to_string);
-        let extra = self.injected(session, ctx, None);
+        let extra = self.injected(session, ctx, on.map(|s| s.client.as_str()));
         let mut headers: Vec<(&str, &str)> = vec![(MCP_SESSION_ID, upstream_sid.as_str())];
         if let Some(v) = &version {
             headers.push((MCP_PROTOCOL_VERSION, v.as_str()));
@@ -173,8 +190,8 @@ impl Sidecar {
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(s) = &ctx.session {
-            resp.insert_header(MCP_SESSION_ID, s.client_sid.as_str())?;
+        if let Some(s) = on {
+            resp.insert_header(MCP_SESSION_ID, s.client.as_str())?;
         }
         ctx.apply_cors(&mut resp);
         session.write_response_header(Box::new(resp), false).await?;

@@ -1,33 +1,67 @@
-//! The proxy side of shared upstream sessions (`crate::shared`): client sessions of a
-//! `session_mode: shared` route are the sidecar's own. It answers their `initialize`,
-//! `notifications/initialized`, DELETE and GET itself, and sends everything else to the
-//! context's upstream session (on the pod that holds it) with request ids rewritten.
+//! A client session of a `session_mode: shared` route (`crate::shared`): the client sessions
+//! are the sidecar's own, and share one upstream session per context (the callers' tokens).
+//! The sidecar answers `initialize`, `notifications/initialized`, DELETE and GET streams itself
+//! (`choose_shared`). Everything else goes to the context's upstream session: on this pod with
+//! request ids (and progress tokens) rewritten to unique ones on the way in and restored for the
+//! client on the way out, tool lists filtered in the same pass (`Shared::mux`); on the pod that
+//! holds it over the signed hop, which does the same there. An upstream session that turns out
+//! gone is re-established, not recovered (`reestablish`, which `recover.rs` calls).
 
-use super::reply::Refusal;
-use super::{upstream_target, RequestCtx, SessionCtx, Sidecar, Target};
+use super::local::{answered_on_session, with_upstream_sid};
+use super::{forward, refuse_two_sessions, Plan, SessionIds};
 use crate::hub::filter::filter_message;
 use crate::metrics::METRICS;
 use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
+use crate::protocol::messages::MessageStream;
+use crate::proxy::context::RequestCtx;
+use crate::proxy::reply::Refusal;
+use crate::proxy::upstream::upstream_target;
+use crate::proxy::Sidecar;
 use crate::shared::fanout;
 use crate::shared::mux::MuxError;
 use crate::shared::{context_key, InitSource, Need};
 use crate::store::{unix_now, SessionRecord, Transport};
 use bytes::Bytes;
 use log::{info, warn};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::Session;
+use pingora::ErrorType;
 use serde_json::Value;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::broadcast::error::RecvError;
 
-/// What routing a shared route's request came to.
-pub(super) enum SharedStep {
+/// What choosing a shared route's plan came to.
+pub(super) enum Step {
     /// The sidecar answered it.
     Answered,
-    /// It goes on to the upstream session (or its owner pod), as `ctx.session` says.
+    /// It goes on as the plan says.
     Proxy,
+}
+
+pub(crate) struct Shared {
+    /// The context (token names and a digest of their values) whose upstream session it uses.
+    context: String,
+    /// `upstream`: the context's upstream session.
+    pub session: SessionIds,
+    /// The pod holding the upstream session, when not this one.
+    owner: Option<String>,
+    /// For the access line: shared, re-established, forwarded.
+    pub via: &'static str,
+    /// Requests to this pod's upstream session are multiplexed.
+    mux: Option<Mux>,
+}
+
+/// A request multiplexed onto this pod's upstream session.
+#[derive(Default)]
+struct Mux {
+    /// Upstream ids registered for this request, released when it ends.
+    ids: Vec<String>,
+    /// The rewritten body.
+    body: Option<Bytes>,
+    /// The answer being restored for the client (and filtered, on tool-filtering routes).
+    stream: Option<MessageStream>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Refusal {
@@ -38,14 +72,191 @@ fn unavailable(e: impl std::fmt::Display) -> Refusal {
     )
 }
 
+impl Shared {
+    pub fn owner(&self) -> Option<&str> {
+        self.owner.as_deref()
+    }
+
+    pub fn multiplexes(&self) -> bool {
+        self.mux.is_some()
+    }
+
+    pub fn upstream_request(
+        &self,
+        method: &http::Method,
+        upstream_request: &mut RequestHeader,
+    ) -> Result<()> {
+        with_upstream_sid(&self.session, upstream_request)?;
+        if self.mux.is_some() && method == http::Method::POST {
+            // the rewritten body has its own length
+            upstream_request.remove_header("content-length");
+            upstream_request.insert_header("transfer-encoding", "chunked")?;
+        }
+        Ok(())
+    }
+
+    /// Pingora replays a body read in `request_filter`: the rewritten one goes instead.
+    pub fn replay_body(&self, body: &mut Option<Bytes>, end_of_stream: bool) {
+        if let Some(rewritten) = self.mux.as_ref().and_then(|m| m.body.as_ref()) {
+            *body = Some(match end_of_stream {
+                true => rewritten.clone(),
+                false => Bytes::new(),
+            });
+        }
+    }
+
+    /// A held body, complete: rewritten, or refused (`fail_to_proxy` answers `ctx.denied`).
+    pub fn multiplex_held(
+        &mut self,
+        sidecar: &Sidecar,
+        ctx: &mut RequestCtx,
+        full: &[u8],
+    ) -> Result<Option<Bytes>> {
+        if let Err(refusal) = self.multiplex(sidecar, ctx, full) {
+            let status = refusal.status;
+            ctx.denied = Some(refusal);
+            return Error::e_explain(ErrorType::HTTPStatus(status), "not multiplexed");
+        }
+        Ok(self.mux.as_ref().and_then(|m| m.body.clone()))
+    }
+
+    /// Rewrites a complete body for the shared session (ids unique in it).
+    fn multiplex(
+        &mut self,
+        sidecar: &Sidecar,
+        ctx: &RequestCtx,
+        body: &[u8],
+    ) -> Result<(), Refusal> {
+        let client = self.session.client.clone();
+        let label = ctx.route_label().to_string();
+        match sidecar.shared.mux.rewrite_request(&client, body) {
+            Ok(r) => {
+                METRICS
+                    .shared_requests
+                    .with_label_values(&[&label, "multiplexed"])
+                    .inc();
+                let mux = self.mux.get_or_insert_with(Mux::default);
+                mux.ids = r.ids;
+                mux.body = Some(Bytes::from(r.body));
+                Ok(())
+            }
+            Err(e) => {
+                METRICS
+                    .shared_requests
+                    .with_label_values(&[&label, "refused"])
+                    .inc();
+                Err(match e {
+                    MuxError::NotJson => Refusal::new(400, code::PARSE_ERROR, "body is not JSON"),
+                    MuxError::NotYourRequest(id) => {
+                        info!(
+                            "request_id={} session {client} answered server request {id}, which was sent to another client; refused",
+                            ctx.request_id
+                        );
+                        Refusal::new(
+                            403,
+                            code::INVALID_REQUEST,
+                            "that server request was not sent to this session",
+                        )
+                    }
+                })
+            }
+        }
+    }
+
+    pub async fn response(
+        &mut self,
+        sidecar: &Sidecar,
+        session: &Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        now: Instant,
+    ) -> Result<()> {
+        if self.owner.is_some() {
+            forward::answered(ctx, now);
+            return Ok(());
+        }
+        if let Some(mux) = self.mux.as_mut() {
+            // the answer's ids (and progress tokens) go back to what the client sent; tool
+            // lists are filtered in the same pass
+            let ct = resp
+                .headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            mux.stream = MessageStream::for_content_type(ct, sidecar.limits.max_held_message);
+            if mux.stream.is_some() {
+                ctx.tools_filter = None;
+                resp.remove_header("content-length");
+            }
+        }
+        answered_on_session(sidecar, session, resp, &self.session).await
+    }
+
+    /// Restores ids in the upstream's answer for the client (and filters tool lists); `false`
+    /// when this answer is not being restored.
+    pub fn restore_body(
+        &mut self,
+        sidecar: &Sidecar,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &RequestCtx,
+    ) -> bool {
+        let Some(stream) = self.mux.as_mut().and_then(|m| m.stream.as_mut()) else {
+            return false;
+        };
+        let client = &self.session.client;
+        let user = ctx.caller.as_ref().map(|c| c.user.clone());
+        let access = match (ctx.lists_tools, ctx.route.as_deref()) {
+            (true, Some(r)) => r.policy.tools.as_ref(),
+            _ => None,
+        };
+        let id = ctx
+            .envelope
+            .as_ref()
+            .and_then(|e| e.request_id())
+            .map(str::to_string);
+        let mux = &sidecar.shared.mux;
+        let out = stream.feed(
+            body.as_deref(),
+            end_of_stream,
+            None,
+            &mut |v| {
+                let mut changed = mux.restore(client, v);
+                if let Some(a) = access {
+                    changed |= filter_message(v, &|n| a.allows(user.as_deref(), n));
+                }
+                changed
+            },
+            &|| {
+                crate::protocol::jsonrpc::error_body(
+                    id.as_deref(),
+                    code::INTERNAL_ERROR,
+                    "answer too large to pass through a shared session",
+                )
+            },
+        );
+        *body = Some(out);
+        true
+    }
+
+    /// The request is over: its upstream ids are free again.
+    pub fn finish(&mut self, sidecar: &Sidecar) {
+        if let Some(mux) = self.mux.take() {
+            sidecar.shared.mux.release(&mux.ids);
+            METRICS.shared_in_flight.dec();
+        }
+    }
+}
+
 impl Sidecar {
-    /// Routes a request on a shared route.
-    pub(super) async fn route_shared(
+    /// The plan of a request on a shared route, or the sidecar's own answer.
+    pub(super) async fn choose_shared(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<SharedStep, Refusal> {
-        let route = ctx.route.clone().expect("admitted requests have a route");
+        plan: &mut Plan,
+    ) -> Result<Step, Refusal> {
+        let route = ctx.routed();
         let req = session.req_header();
         let method = req.method.clone();
         let sid = req
@@ -56,28 +267,24 @@ impl Sidecar {
         let Some(sid) = sid else {
             // a legacy SSE client has a session of its own, as on any route: its posts go to
             // its stream's pod, for its stream's user
-            self.route_legacy_post(req, ctx).await?;
+            if let Some(post) = self.choose_legacy_post(req, ctx).await? {
+                *plan = Plan::LegacyPost(post);
+            }
             if method == http::Method::POST && ctx.init.is_some() && ctx.legacy_sid.is_none() {
                 self.answer_shared_initialize(session, ctx).await?;
-                return Ok(SharedStep::Answered);
+                return Ok(Step::Answered);
             }
             // anything else without a session: the upstream answers it as it would
-            return Ok(SharedStep::Proxy);
+            return Ok(Step::Proxy);
         };
-        super::refuse_two_sessions(req)?;
+        refuse_two_sessions(req)?;
         let record = match self
             .sessions
             .shared_client(&sid, &route.server_name, ctx.user_id())
             .await
         {
             Ok(Some(r)) => r,
-            Ok(None) => {
-                return Err(Refusal::new(
-                    404,
-                    code::SESSION_NOT_FOUND,
-                    "Session not found",
-                ))
-            }
+            Ok(None) => return Err(super::session_not_found()),
             Err(e) => {
                 return Err(Refusal::new(
                     503,
@@ -102,16 +309,18 @@ impl Sidecar {
                     Ok(true)
                 )
             {
-                ctx.shared_context = Some(context);
-                ctx.session = Some(SessionCtx {
-                    client_sid: sid.clone(),
-                    upstream_sid: sid.clone(),
+                *plan = Plan::Shared(Box::new(Shared {
+                    context,
+                    session: SessionIds {
+                        client: sid.clone(),
+                        upstream: sid.clone(),
+                        retried: true,
+                    },
+                    owner: Some(record.owner.clone()),
                     via: "forwarded",
-                    target: Target::Owner(record.owner.clone()),
-                    retried: true,
-                    legacy: false,
-                });
-                return Ok(SharedStep::Proxy);
+                    mux: None,
+                }));
+                return Ok(Step::Proxy);
             }
             // the client's session ends; the shared upstream session stays for the others
             if let Err(e) = self.sessions.forget(&sid).await {
@@ -122,7 +331,7 @@ impl Sidecar {
                 .with_label_values(&[label, "answered_here"])
                 .inc();
             self.answer(session, ctx, 200, None, &sid).await.ok();
-            return Ok(SharedStep::Answered);
+            return Ok(Step::Answered);
         }
         if ctx.envelope.as_ref().and_then(|e| e.method()) == Some("notifications/initialized")
             && matches!(
@@ -136,7 +345,7 @@ impl Sidecar {
                 .with_label_values(&[label, "answered_here"])
                 .inc();
             self.answer(session, ctx, 202, None, &sid).await.ok();
-            return Ok(SharedStep::Answered);
+            return Ok(Step::Answered);
         }
         let (_, path, _) = upstream_target(session, ctx);
         let extra = self.injected(session, ctx, Some(&sid));
@@ -151,7 +360,7 @@ impl Sidecar {
             extra: &extra,
         };
         let mut stale = None;
-        let (upstream_sid, target) = loop {
+        let (upstream_sid, owner) = loop {
             let usid = self
                 .shared
                 .upstream(&need, stale.as_deref(), true)
@@ -165,12 +374,8 @@ impl Sidecar {
                 self.sessions.resolve(&usid, &route.server_name, None).await
             };
             match decision {
-                crate::session::Decision::Local { upstream_sid } => {
-                    break (upstream_sid, Target::Upstream)
-                }
-                crate::session::Decision::Forward { owner } => {
-                    break (sid.clone(), Target::Owner(owner))
-                }
+                crate::session::Decision::Local { upstream_sid } => break (upstream_sid, None),
+                crate::session::Decision::Forward { owner } => break (sid.clone(), Some(owner)),
                 crate::session::Decision::StoreUnavailable => {
                     return Err(Refusal::new(
                         503,
@@ -183,50 +388,60 @@ impl Sidecar {
                 _ => return Err(unavailable("it could not be placed")),
             }
         };
-        ctx.shared_context = Some(context);
-        ctx.session = Some(SessionCtx {
-            client_sid: sid.clone(),
-            upstream_sid,
-            via: match (&target, stale.is_some()) {
-                (Target::Owner(_), _) => "forwarded",
-                (Target::Upstream, true) => "re-established",
-                (Target::Upstream, false) => "shared",
+        let here = owner.is_none();
+        let mut shared = Shared {
+            context,
+            session: SessionIds {
+                client: sid.clone(),
+                upstream: upstream_sid,
+                retried: false,
             },
-            target: target.clone(),
-            retried: false,
-            legacy: false,
-        });
+            via: match (here, stale.is_some()) {
+                (false, _) => "forwarded",
+                (true, true) => "re-established",
+                (true, false) => "shared",
+            },
+            owner,
+            mux: None,
+        };
         if method == http::Method::GET {
-            if target != Target::Upstream {
+            if !here {
                 // the owner pod fans its stream out
-                return Ok(SharedStep::Proxy);
+                *plan = Plan::Shared(Box::new(shared));
+                return Ok(Step::Proxy);
             }
             METRICS
                 .shared_requests
                 .with_label_values(&[label, "answered_here"])
                 .inc();
-            let upstream_sid = ctx.session.as_ref().map(|s| s.upstream_sid.clone());
             let fan = fanout::Target {
                 route: &route,
                 path: &path,
-                upstream_sid: upstream_sid.as_deref().unwrap_or_default(),
+                upstream_sid: &shared.session.upstream,
                 protocol_version: record.protocol_version.as_deref(),
                 headers: extra
                     .iter()
                     .map(|(n, v)| (n.as_str().to_string(), v.clone()))
                     .collect(),
             };
-            self.stream_shared(session, ctx, fan, &sid).await?;
-            return Ok(SharedStep::Answered);
+            let streamed = self.stream_shared(session, ctx, fan, &sid).await;
+            *plan = Plan::Shared(Box::new(shared));
+            streamed?;
+            return Ok(Step::Answered);
         }
-        if target == Target::Upstream {
-            METRICS.shared_in_flight.inc();
-            ctx.mux_active = true;
-            if let Some(raw) = ctx.raw_body.take() {
-                self.multiplex(ctx, &raw)?;
+        let multiplexed = match here {
+            true => {
+                METRICS.shared_in_flight.inc();
+                shared.mux = Some(Mux::default());
+                match ctx.raw_body.take() {
+                    Some(raw) => shared.multiplex(self, ctx, &raw),
+                    None => Ok(()),
+                }
             }
-        }
-        Ok(SharedStep::Proxy)
+            false => Ok(()),
+        };
+        *plan = Plan::Shared(Box::new(shared));
+        multiplexed.map(|()| Step::Proxy)
     }
 
     /// A client's GET stream on a shared session: the session's one upstream GET stream, fanned
@@ -289,47 +504,6 @@ impl Sidecar {
         };
         write.await.map_err(|e| unavailable(e.to_string()))?;
         Ok(())
-    }
-
-    /// Rewrites a complete body for the shared session (ids unique in it).
-    pub(super) fn multiplex(&self, ctx: &mut RequestCtx, body: &[u8]) -> Result<(), Refusal> {
-        let client = ctx
-            .session
-            .as_ref()
-            .map(|s| s.client_sid.clone())
-            .unwrap_or_default();
-        let label = ctx.route_label().to_string();
-        match self.shared.mux.rewrite_request(&client, body) {
-            Ok(r) => {
-                METRICS
-                    .shared_requests
-                    .with_label_values(&[&label, "multiplexed"])
-                    .inc();
-                ctx.mux_ids = r.ids;
-                ctx.mux_body = Some(Bytes::from(r.body));
-                Ok(())
-            }
-            Err(e) => {
-                METRICS
-                    .shared_requests
-                    .with_label_values(&[&label, "refused"])
-                    .inc();
-                Err(match e {
-                    MuxError::NotJson => Refusal::new(400, code::PARSE_ERROR, "body is not JSON"),
-                    MuxError::NotYourRequest(id) => {
-                        info!(
-                            "request_id={} session {client} answered server request {id}, which was sent to another client; refused",
-                            ctx.request_id
-                        );
-                        Refusal::new(
-                            403,
-                            code::INVALID_REQUEST,
-                            "that server request was not sent to this session",
-                        )
-                    }
-                })
-            }
-        }
     }
 
     /// A new client of a shared route: its own session id, the shared upstream session's
@@ -446,91 +620,39 @@ impl Sidecar {
         Ok(())
     }
 
-    /// Restores ids in the upstream's answer for the client (and filters tool lists).
-    pub(super) fn restore_body(
-        &self,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) {
-        let client = ctx
-            .session
-            .as_ref()
-            .map(|s| s.client_sid.clone())
-            .unwrap_or_default();
-        let user = ctx.caller.as_ref().map(|c| c.user.clone());
-        let route = ctx.route.clone();
-        let access = match (ctx.lists_tools, route.as_deref()) {
-            (true, Some(r)) => r.policy.tools.as_ref(),
-            _ => None,
-        };
-        let id = ctx
-            .envelope
-            .as_ref()
-            .and_then(|e| e.request_id())
-            .map(str::to_string);
-        let mux = &self.shared.mux;
-        let Some(stream) = ctx.mux_stream.as_mut() else {
-            return;
-        };
-        let out = stream.feed(
-            body.as_deref(),
-            end_of_stream,
-            None,
-            &mut |v| {
-                let mut changed = mux.restore(&client, v);
-                if let Some(a) = access {
-                    changed |= filter_message(v, &|n| a.allows(user.as_deref(), n));
-                }
-                changed
-            },
-            &|| {
-                crate::protocol::jsonrpc::error_body(
-                    id.as_deref(),
-                    code::INTERNAL_ERROR,
-                    "answer too large to pass through a shared session",
-                )
-            },
-        );
-        *body = Some(out);
-    }
-
     /// The shared upstream session failed (forgotten upstream): a new one for this request.
     pub(super) async fn reestablish(
         &self,
         session: &Session,
-        ctx: &mut RequestCtx,
+        ctx: &RequestCtx,
+        shared: &mut Shared,
     ) -> std::result::Result<(), String> {
         let (route, path, _) = upstream_target(session, ctx);
-        let extra = self.injected(session, ctx, None);
-        let context = ctx.shared_context.clone().ok_or("no shared context")?;
-        let s = ctx.session.as_ref().ok_or("no session")?;
+        let extra = self.injected(session, ctx, Some(&shared.session.client));
         let record = self
             .sessions
-            .shared_client(&s.client_sid, &route.server_name, ctx.user_id())
+            .shared_client(&shared.session.client, &route.server_name, ctx.user_id())
             .await
             .map_err(|e| e.to_string())?
             .ok_or("the client session is gone")?;
         let need = Need {
             route: &route,
             path: &path,
-            context: &context,
+            context: &shared.context,
             init: InitSource {
                 params: record.init_params.as_deref().unwrap_or("{}"),
                 protocol_version: record.protocol_version.as_deref(),
             },
             extra: &extra,
         };
-        let stale = s.upstream_sid.clone();
         let usid = self
             .shared
-            .upstream(&need, Some(&stale), true)
+            .upstream(&need, Some(&shared.session.upstream), true)
             .await
             .map_err(|e| e.to_string())?;
-        let s = ctx.session.as_mut().expect("checked above");
-        s.upstream_sid = usid;
-        s.target = Target::Upstream;
-        s.via = "re-established";
+        shared.session.upstream = usid;
+        shared.owner = None;
+        shared.via = "re-established";
         Ok(())
     }
 }

@@ -1,12 +1,13 @@
-//! Legacy SSE streams (`GET` without `Mcp-Session-Id`, asking for `text/event-stream`) are
-//! relayed by the sidecar itself instead of Pingora's proxy loop. Only here can it write
-//! keep-alive comments while the upstream is silent, hold the `endpoint` event until the
-//! session is registered, and know the moment the stream ends (see `crate::legacy`).
+//! A legacy SSE stream (`GET` without `Mcp-Session-Id`, asking for `text/event-stream`),
+//! relayed by the sidecar itself from `request_filter` instead of Pingora's proxy loop. Only
+//! here can it write keep-alive comments while the upstream is silent, hold the `endpoint`
+//! event until the session is registered, and know the moment the stream ends (see
+//! `crate::legacy`). The stream's message posts follow it here (`legacy_post.rs`). A stream
+//! cannot move to another pod later, so a draining pod refuses to open one.
 //!
 //! Answers that turn out not to be a stream (a 405, a JSON error) are relayed as they are.
 
-use super::reply::{self, Refusal};
-use super::{RequestCtx, Sidecar};
+use super::Plan;
 use crate::hub::Hub;
 use crate::legacy::endpoint_session;
 use crate::legacy::sse::{Boundary, EndpointFinder, KEEPALIVE};
@@ -15,6 +16,9 @@ use crate::peer::HOP_HEADERS;
 use crate::protocol::chunked::Chunked;
 use crate::protocol::headers::{MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::code;
+use crate::proxy::context::RequestCtx;
+use crate::proxy::reply::{self, Refusal};
+use crate::proxy::{Sidecar, Verdict};
 use crate::route::Route;
 use crate::session::Sessions;
 use crate::store::{unix_now, SessionRecord, Transport};
@@ -57,7 +61,7 @@ const NOT_RETURNED: &[&str] = &[
 ];
 
 /// Whether the sidecar relays this request itself: a legacy SSE stream request.
-pub fn wants_stream(req: &RequestHeader) -> bool {
+pub(super) fn wanted(req: &RequestHeader) -> bool {
     req.method == http::Method::GET
         && !req.headers.contains_key(MCP_SESSION_ID)
         && req
@@ -198,12 +202,28 @@ async fn read_head(up: &mut TcpStream) -> std::io::Result<(ResponseHeader, Frami
 }
 
 impl Sidecar {
-    /// Relays a legacy SSE stream request to the route's MCP server.
+    /// Serves a legacy SSE stream request: refused while draining, else relayed.
     pub(super) async fn relay_stream(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Result<()> {
+        plan: &mut Plan,
+    ) -> Result<Verdict> {
+        if self.sessions.is_draining() {
+            // a legacy stream cannot move later: open it on a pod that stays
+            return Ok(Verdict::Refused(Refusal::new(
+                503,
+                code::SERVER_ERROR,
+                "this pod is draining; connect again to reach another pod",
+            )));
+        }
+        *plan = Plan::LegacyStream;
+        self.relay(session, ctx).await?;
+        Ok(Verdict::Answered)
+    }
+
+    /// Relays a legacy SSE stream request to the route's MCP server.
+    async fn relay(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
         let route = ctx
             .route
             .clone()
