@@ -91,6 +91,9 @@ static DELETE_IF: LazyLock<redis::Script> = LazyLock::new(|| {
 /// Keys read per SCAN step in admin listings.
 const SCAN_COUNT: usize = 200;
 
+/// A listing may take this many command timeouts.
+const LISTING_TIMEOUTS: u32 = 20;
+
 pub struct RedisStore {
     target: Target,
     command_timeout: Duration,
@@ -147,6 +150,33 @@ impl RedisStore {
     where
         Fut: Future<Output = redis::RedisResult<T>>,
     {
+        self.run_within(self.command_timeout, op, f).await
+    }
+
+    /// A listing (admin API, `keys` CLI, the registry check): one SCAN step and a read per key,
+    /// thousands of round trips for a large deployment. No client request waits on one, so it
+    /// gets `LISTING_TIMEOUTS` command timeouts (at least 5 s), not one.
+    async fn run_listing<T, Fut>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(Conn) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        let bound = (self.command_timeout * LISTING_TIMEOUTS).max(Duration::from_secs(5));
+        self.run_within(bound, op, f).await
+    }
+
+    async fn run_within<T, Fut>(
+        &self,
+        timeout: Duration,
+        op: &'static str,
+        f: impl FnOnce(Conn) -> Fut,
+    ) -> Result<T, StoreError>
+    where
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
         let attempt = async {
             let conn = self.conn().await?;
             f(conn).await.map_err(|e| StoreError::Backend {
@@ -154,7 +184,7 @@ impl RedisStore {
                 message: e.to_string(),
             })
         };
-        let result = match tokio::time::timeout(self.command_timeout, attempt).await {
+        let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(op)),
         };
@@ -255,7 +285,7 @@ impl SessionStore for RedisStore {
     }
 
     async fn has_hub_keys(&self) -> Result<bool, StoreError> {
-        self.run("has_hub_keys", |mut c| async move {
+        self.run_listing("has_hub_keys", |mut c| async move {
             c.scan_any(keys::HUB_KEY_PATTERN, SCAN_COUNT * 5).await
         })
         .await
@@ -355,7 +385,7 @@ impl SessionStore for RedisStore {
 
     async fn list_sessions(&self) -> Result<Vec<(SessionRecord, Option<Duration>)>, StoreError> {
         let rows: Vec<(String, (HashMap<String, String>, i64))> = self
-            .run("list_sessions", |mut c| async move {
+            .run_listing("list_sessions", |mut c| async move {
                 let keys = c.scan_match(keys::SESSION_PATTERN, SCAN_COUNT).await?;
                 read_each(&c, keys, |p, k| {
                     p.hgetall(k).pttl(k);
@@ -407,7 +437,7 @@ impl SessionStore for RedisStore {
 
     async fn list_pods(&self) -> Result<Vec<PodInfo>, StoreError> {
         let rows: Vec<(String, (Option<String>, i64))> = self
-            .run("list_pods", |mut c| async move {
+            .run_listing("list_pods", |mut c| async move {
                 let keys = c.scan_match(keys::POD_PATTERN, SCAN_COUNT).await?;
                 read_each(&c, keys, |p, k| {
                     p.get(k).pttl(k);
@@ -491,7 +521,7 @@ impl SessionStore for RedisStore {
 
     async fn list_upstream_sessions(&self) -> Result<Vec<UpstreamSession>, StoreError> {
         let rows: Vec<(String, (Option<String>, i64))> = self
-            .run("list_upstream_sessions", |mut c| async move {
+            .run_listing("list_upstream_sessions", |mut c| async move {
                 let keys = c
                     .scan_match(keys::UPSTREAM_SESSION_PATTERN, SCAN_COUNT)
                     .await?;
