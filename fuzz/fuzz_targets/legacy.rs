@@ -137,18 +137,22 @@ fuzz_target!(|data: &[u8]| {
         check_query(query);
     }
 
-    // Boundary against EventScanner, at every cut
+    // Boundary against EventScanner, at the cuts (at most 64 of them checked: each check scans
+    // the bytes so far again)
     let mut boundary = Boundary::default();
     assert!(boundary.between_events());
     let mut sent = 0;
-    for part in &parts {
+    let every = parts.len() / 64 + 1;
+    for (i, part) in parts.iter().enumerate() {
         boundary.feed(part);
         sent += part.len();
-        assert_eq!(
-            boundary.between_events(),
-            scanner_between(&body[..sent]),
-            "Boundary and EventScanner disagree after {sent} bytes"
-        );
+        if i % every == 0 || i + 1 == parts.len() {
+            assert_eq!(
+                boundary.between_events(),
+                scanner_between(&body[..sent]),
+                "Boundary and EventScanner disagree after {sent} bytes"
+            );
+        }
     }
 
     // the endpoint finder: without a rewrite the bytes pass unchanged (those of an event not
