@@ -60,6 +60,14 @@ impl MessageStream {
         Some(MessageStream { framing, max_held })
     }
 
+    /// How many bytes are held at the moment (a JSON body, or the SSE event in progress); the
+    /// fuzz targets check it stays bounded.
+    pub fn held_len(&self) -> usize {
+        match &self.framing {
+            Framing::Json { held, .. } | Framing::Sse { held, .. } => held.len(),
+        }
+    }
+
     /// Takes the next body chunk and returns what may go downstream now. With a `hint`, an SSE
     /// event whose text does not contain it passes without being parsed, and one that does
     /// but cannot be read is replaced by the error (the edit is a decision, such as filtering,
