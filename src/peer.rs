@@ -172,8 +172,9 @@ impl HopClaims<'_> {
             self.user,
             self.body,
         ] {
+            // length-prefixed, so no two different claims share an encoding
+            mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part.as_bytes());
-            mac.update(b"\n");
         }
         mac
     }
@@ -240,7 +241,8 @@ pub fn signature(tag: &Tag) -> String {
 /// The last second a hop signed at `time` is accepted.
 fn expires_at(time: u64, max_skew: u64) -> u64 {
     // the time comes from a header: never overflow on it
-    time.saturating_add(HOP_TRANSIT_SECS).saturating_add(max_skew)
+    time.saturating_add(HOP_TRANSIT_SECS)
+        .saturating_add(max_skew)
 }
 
 /// The body claim of a body known when signing.

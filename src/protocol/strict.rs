@@ -155,8 +155,8 @@ fn message(v: &Value) -> Result<Message, String> {
     let id = match o.get("id") {
         None => None,
         Some(id @ (Value::String(_) | Value::Number(_))) => Some(id.to_string()),
-        // a response to a request the server could not read has a null id
-        Some(Value::Null) if method.is_none() => Some("null".into()),
+        // (a null id answers a request its reader could not parse: no server sends a client
+        // one it could answer, and the envelope reader would not see an id there)
         Some(_) => return Err("\"id\" must be a string or a number".into()),
     };
     let kind = match (&method, &id) {
@@ -342,6 +342,8 @@ mod tests {
         invalid(br#"{"jsonrpc":"1.0","id":1,"method":"x"}"#);
         invalid(br#"{"jsonrpc":"2.0","id":1,"method":5}"#);
         invalid(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#);
+        // found by fuzzing: the envelope reader takes a null id for none
+        invalid(br#"{"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"x"}}"#);
         invalid(br#"{"jsonrpc":"2.0","id":1}"#);
         invalid(br#"{"jsonrpc":"2.0","id":1,"result":1,"error":{}}"#);
         invalid(br#"{"jsonrpc":"2.0","id":1,"method":"x","result":1}"#);
