@@ -5,7 +5,7 @@
 //! limit, and the tool policy. A body too large to read first is judged the same way once
 //! complete (`judge_held_body`), before the upstream gets a byte of it.
 
-use super::body::{envelope_of, BodyBuffer, BodyProgress};
+use super::body::{envelope_of, looks_like_json, BodyBuffer, BodyProgress};
 use super::context::RequestCtx;
 use super::reply::Refusal;
 use super::{tool_filter, Sidecar, Verdict};
@@ -104,8 +104,8 @@ impl RequestCtx {
         }
         let filtered = route.policy.tools.is_some();
         let guarded = filtered || route.policy.mode != AuthMode::None || route.shared;
-        let looks_like_json = full.starts_with(b"\xEF\xBB\xBF") || envelope_of(full).is_some();
-        if !guarded && !looks_like_json {
+        // (a byte order mark counts: a lenient server reads JSON behind one)
+        if !guarded && !full.starts_with(b"\xEF\xBB\xBF") && !looks_like_json(full) {
             return Ok(());
         }
         let reading = strict::read(full, limits.max_batch).map_err(|e| {

@@ -45,8 +45,14 @@ impl BodyBuffer {
 /// The envelope of a complete body, if it looks like JSON at all. Non-JSON bodies are the
 /// upstream's business and pass through untouched.
 pub fn envelope_of(body: &[u8]) -> Option<Result<Envelope, EnvelopeError>> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace())?;
-    matches!(first, b'{' | b'[').then(|| Envelope::parse(body))
+    looks_like_json(body).then(|| Envelope::parse(body))
+}
+
+/// Whether a body starts as JSON does (an object or array after whitespace), without parsing.
+pub fn looks_like_json(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'{' | b'['))
 }
 
 #[cfg(test)]
