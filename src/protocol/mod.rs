@@ -5,6 +5,8 @@ pub mod chunked;
 pub mod headers;
 pub mod jsonrpc;
 pub mod messages;
+pub mod modern;
+pub mod request_state;
 pub mod strict;
 pub mod unknown_session;
 
