@@ -3,9 +3,10 @@
 //!
 //! Modules follow a request's path: `config` (read once at startup), `route` (which local
 //! server), `protocol` (MCP and JSON-RPC knowledge), `store` (sessions), `proxy` (the Pingora
-//! phases), `admin` and `metrics` (operations).
+//! phases), `bridge` (modern clients of legacy servers), `admin` and `metrics` (operations).
 
 pub mod admin;
+pub mod bridge;
 pub mod clients;
 pub mod config;
 pub mod hub;

@@ -57,6 +57,19 @@ pub struct Metrics {
     pub client_refusals: IntCounterVec,
     /// Peer hops refused, by reason (see `peer::HopError::label`).
     pub hop_refusals: IntCounterVec,
+    /// Era probes of `era: auto` routes, by route and verdict (legacy, modern).
+    pub era_probes: IntCounterVec,
+    /// Legacy sessions the bridge opened for modern clients, by route and event
+    /// (established, re_established).
+    pub bridge_sessions: IntCounterVec,
+    /// MRTR rounds of bridged calls, by route and outcome: asked (an input request went to
+    /// the client), resumed, expired (cancelled upstream), refused (a state that failed
+    /// verification or belongs elsewhere), gone (the pod holding it is gone), full.
+    pub bridge_rounds: IntCounterVec,
+    /// Bridged calls waiting on this pod for a modern client's input.
+    pub bridge_pending: IntGauge,
+    /// `subscriptions/listen` streams of modern clients open on this pod.
+    pub bridge_listeners: IntGauge,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -67,14 +80,14 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     Metrics {
     requests: register_int_counter_vec!(
         "mcp_sidecar_requests_total",
-        "Requests handled, by route, JSON-RPC method and HTTP status",
-        &["route", "method", "status"]
+        "Requests handled, by route, JSON-RPC method, HTTP status and the client's protocol era",
+        &["route", "method", "status", "era"]
     )
     .expect("metric registers once"),
     latency: register_histogram_vec!(
         "mcp_sidecar_request_duration_seconds",
-        "Time to response headers, by route and JSON-RPC method",
-        &["route", "method"],
+        "Time to response headers, by route, JSON-RPC method and the client's protocol era",
+        &["route", "method", "era"],
         LATENCY_BUCKETS.to_vec()
     )
     .expect("metric registers once"),
@@ -180,6 +193,34 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "mcp_sidecar_hop_refusals_total",
         "Peer hops refused, by reason: from_client, not_configured, missing, version, too_many_hops, bad_signature, expired, misdirected, body_digest, replayed, replay_cache_full",
         &["reason"]
+    )
+    .expect("metric registers once"),
+    era_probes: register_int_counter_vec!(
+        "mcp_sidecar_era_probes_total",
+        "Era probes (server/discover) of era: auto routes, by route and verdict",
+        &["route", "era"]
+    )
+    .expect("metric registers once"),
+    bridge_sessions: register_int_counter_vec!(
+        "mcp_sidecar_bridge_sessions_total",
+        "Legacy sessions the era bridge opened for modern clients: established, re_established",
+        &["route", "event"]
+    )
+    .expect("metric registers once"),
+    bridge_rounds: register_int_counter_vec!(
+        "mcp_sidecar_bridge_input_rounds_total",
+        "MRTR rounds of bridged calls: asked, resumed, expired, refused, gone, full",
+        &["route", "outcome"]
+    )
+    .expect("metric registers once"),
+    bridge_pending: register_int_gauge!(
+        "mcp_sidecar_bridge_pending_calls",
+        "Bridged calls waiting on this pod for a modern client's input"
+    )
+    .expect("metric registers once"),
+    bridge_listeners: register_int_gauge!(
+        "mcp_sidecar_bridge_listeners",
+        "subscriptions/listen streams of modern clients open on this pod"
     )
     .expect("metric registers once"),
 }

@@ -20,6 +20,8 @@ pub struct Route {
     pub policy: RoutePolicy,
     /// `session_mode: shared`: clients share one upstream session per context (`crate::shared`).
     pub shared: bool,
+    /// The server's era when configured (`None`: `era: auto`, probed).
+    pub era: Option<crate::bridge::Era>,
 }
 
 impl Route {
@@ -76,6 +78,11 @@ impl RouteTable {
                 upstream_path: up.path,
                 policy: r.policy()?,
                 shared: r.session_mode == crate::config::SessionMode::Shared,
+                era: match r.era {
+                    crate::config::EraMode::Auto => None,
+                    crate::config::EraMode::Legacy => Some(crate::bridge::Era::Legacy),
+                    crate::config::EraMode::Modern => Some(crate::bridge::Era::Modern),
+                },
             }));
         }
         routes.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));

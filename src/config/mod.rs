@@ -66,6 +66,9 @@ pub struct Config {
     /// Request limits.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// The era bridge: modern (2026-07-28) clients of legacy MCP servers.
+    #[serde(default)]
+    pub bridge: BridgeSection,
     /// Which clients' `Host`, `Origin` and forwarding headers the sidecar accepts.
     #[serde(default)]
     pub clients: ClientsSection,
@@ -372,6 +375,37 @@ pub struct LimitsSection {
     pub max_held_message: usize,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BridgeSection {
+    /// A call waiting for a modern client's input (an MRTR round) is cancelled upstream when
+    /// the client's retry does not come within this; its `requestState` expires with it.
+    #[serde(with = "human_duration")]
+    pub input_timeout: Duration,
+    /// Calls waiting for input one pod holds at most; beyond it the server's request is
+    /// refused and the call goes on without the input.
+    #[serde(deserialize_with = "number_or_string")]
+    pub max_pending: usize,
+    /// `ttlMs` on `server/discover`, list results and `resources/read` answered through the
+    /// bridge.
+    #[serde(with = "human_duration")]
+    pub cache_ttl: Duration,
+    /// How long the probed era of an `era: auto` route's server is trusted.
+    #[serde(with = "human_duration")]
+    pub era_ttl: Duration,
+}
+
+impl Default for BridgeSection {
+    fn default() -> Self {
+        Self {
+            input_timeout: Duration::from_secs(120),
+            max_pending: 1000,
+            cache_ttl: Duration::from_secs(30),
+            era_ttl: Duration::from_secs(300),
+        }
+    }
+}
+
 impl Default for LimitsSection {
     fn default() -> Self {
         Self {
@@ -486,6 +520,19 @@ pub struct RouteSection {
     /// the clients of one context share one upstream session, multiplexed by the sidecar.
     #[serde(default)]
     pub session_mode: SessionMode,
+    /// The era of the MCP server: `auto` (default: probed with `server/discover`),
+    /// `legacy` (modern clients are bridged), or `modern` (passed through).
+    #[serde(default)]
+    pub era: EraMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EraMode {
+    #[default]
+    Auto,
+    Legacy,
+    Modern,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

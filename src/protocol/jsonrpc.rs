@@ -38,6 +38,8 @@ const KNOWN_METHODS: &[&str] = &[
     "tasks/list",
     "tasks/result",
     "tasks/cancel",
+    "server/discover",
+    "subscriptions/listen",
     "notifications/initialized",
     "notifications/cancelled",
     "notifications/progress",
@@ -181,6 +183,21 @@ pub fn error_body(id: Option<&str>, code: i64, message: &str) -> Vec<u8> {
     let message = serde_json::to_string(message).expect("a string always serialises");
     format!(
         r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":{code},"message":{message}}}}}"#,
+        id.unwrap_or("null")
+    )
+    .into_bytes()
+}
+
+/// A JSON-RPC error body with a `data` member.
+pub fn error_body_with_data(
+    id: Option<&str>,
+    code: i64,
+    message: &str,
+    data: &serde_json::Value,
+) -> Vec<u8> {
+    let message = serde_json::to_string(message).expect("a string always serialises");
+    format!(
+        r#"{{"jsonrpc":"2.0","id":{},"error":{{"code":{code},"message":{message},"data":{data}}}}}"#,
         id.unwrap_or("null")
     )
     .into_bytes()

@@ -249,7 +249,10 @@ pub fn decode_header_value(raw: &[u8]) -> Result<String, String> {
         return String::from_utf8(bytes)
             .map_err(|_| "Base64 header value is not UTF-8".to_string());
     }
-    if text.bytes().any(|b| !(0x20..=0x7e).contains(&b) && b != b'\t') {
+    if text
+        .bytes()
+        .any(|b| !(0x20..=0x7e).contains(&b) && b != b'\t')
+    {
         return Err("header value has invalid characters".to_string());
     }
     Ok(text.to_string())
@@ -337,9 +340,7 @@ pub fn read(head: &Head, body: &[u8]) -> Result<Request, Refused> {
     }
     if let Some(id) = &id {
         if !(id.is_string() || id.is_i64() || id.is_u64()) {
-            return Err(Refused::Invalid(
-                "id must be a string or an integer".into(),
-            ));
+            return Err(Refused::Invalid("id must be a string or an integer".into()));
         }
     }
 
@@ -527,9 +528,17 @@ pub fn complete_result(method: &str, result: &mut Value, hint: CacheHint, server
     }
 }
 
-/// Maps a legacy error to its modern code (resource not found became `-32602`).
-pub fn modern_error(mut error: Value) -> Value {
-    if error.get("code").and_then(Value::as_i64) == Some(code::LEGACY_RESOURCE_NOT_FOUND) {
+/// Maps a legacy error to its modern code: resource not found became `-32602` (legacy
+/// servers said `-32002`, or FastMCP 1.x `0` with "Unknown resource").
+pub fn modern_error(method: &str, mut error: Value) -> Value {
+    let code = error.get("code").and_then(Value::as_i64);
+    let unknown_resource = method == "resources/read"
+        && code == Some(0)
+        && error
+            .get("message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("Unknown resource"));
+    if code == Some(code::LEGACY_RESOURCE_NOT_FOUND) || unknown_resource {
         error["code"] = json!(crate::protocol::jsonrpc::code::INVALID_PARAMS);
     }
     error
@@ -806,8 +815,18 @@ mod tests {
         let mut c = json!({"content": []});
         complete_result("tools/call", &mut c, hint, &info);
         assert!(c.get("ttlMs").is_none());
-        let e = modern_error(json!({"code": -32002, "message": "Resource not found"}));
+        let e = modern_error(
+            "resources/read",
+            json!({"code": -32002, "message": "Resource not found"}),
+        );
         assert_eq!(e["code"], -32602);
+        let e = modern_error(
+            "resources/read",
+            json!({"code": 0, "message": "Unknown resource: x"}),
+        );
+        assert_eq!(e["code"], -32602);
+        let e = modern_error("tools/call", json!({"code": 0, "message": "boom"}));
+        assert_eq!(e["code"], 0);
     }
 
     #[test]

@@ -29,11 +29,11 @@ pub(super) fn log(session: &Session, e: Option<&Error>, ctx: &RequestCtx, plan: 
     let status_label = status.to_string();
     METRICS
         .requests
-        .with_label_values(&[route, ctx.rpc_label, status_label.as_str()])
+        .with_label_values(&[route, ctx.rpc_label, status_label.as_str(), ctx.era()])
         .inc();
     METRICS
         .latency
-        .with_label_values(&[route, ctx.rpc_label])
+        .with_label_values(&[route, ctx.rpc_label, ctx.era()])
         .observe(elapsed.as_secs_f64());
     if !log::log_enabled!(target: "access", log::Level::Info) {
         return;
@@ -51,7 +51,7 @@ pub(super) fn log(session: &Session, e: Option<&Error>, ctx: &RequestCtx, plan: 
     // the path only: a query string may carry a hub key
     info!(
         target: "access",
-        "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}{}{}",
+        "request_id={} client={} method={} path={} route={} rpc={} status={} ttfb_ms={:.1} total_ms={:.1} session={}{}{}{}{}{}{}{}",
         ctx.request_id,
         client,
         req.method,
@@ -64,6 +64,7 @@ pub(super) fn log(session: &Session, e: Option<&Error>, ctx: &RequestCtx, plan: 
         session_id,
         ctx.user_id().map(|u| format!(" user={u}")).unwrap_or_default(),
         plan.via().map(|v| format!(" via={v}")).unwrap_or_default(),
+        if ctx.modern.is_some() { " era=modern" } else { "" },
         if ctx.from_peer { " from_peer=true" } else { "" },
         ctx.upstream_error.map(|k| format!(" upstream_error={k}")).unwrap_or_default(),
         plan.handoff().map(|p| format!(" handoff={p}")).unwrap_or_default(),

@@ -14,7 +14,7 @@ use crate::hub::policy::AuthMode;
 use crate::metrics::METRICS;
 use crate::protocol::headers::{self, MCP_SESSION_ID, X_REQUEST_ID};
 use crate::protocol::jsonrpc::{code, initialize_params};
-use crate::protocol::{shown, strict};
+use crate::protocol::{modern, shown, strict};
 use bytes::Bytes;
 use log::info;
 use pingora::http::RequestHeader;
@@ -33,7 +33,7 @@ pub(super) fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a [u8]>
     req.headers.get(name).map(|v| v.as_bytes())
 }
 
-fn too_large(limit: usize) -> Refusal {
+pub(super) fn too_large(limit: usize) -> Refusal {
     Refusal::new(
         413,
         code::INVALID_REQUEST,
@@ -77,7 +77,7 @@ fn checked_initialize(
 impl RequestCtx {
     /// Records what the complete body is, from its envelope alone (cheap; no authentication
     /// has happened yet when a small body is read).
-    fn complete_body(&mut self, full: &[u8]) {
+    pub(super) fn complete_body(&mut self, full: &[u8]) {
         self.body_complete = true;
         match envelope_of(full) {
             Some(Ok(env)) => {
@@ -95,7 +95,7 @@ impl RequestCtx {
     /// one JSON-RPC message or batch is refused, never passed on unjudged. Only a body that is
     /// not JSON at all, on a route that neither authenticates, filters nor shares sessions,
     /// passes without a reading: the sidecar decides nothing by it.
-    fn judge(&mut self, full: &[u8], limits: &LimitsSection) -> Result<(), Refusal> {
+    pub(super) fn judge(&mut self, full: &[u8], limits: &LimitsSection) -> Result<(), Refusal> {
         let Some(route) = self.route.as_ref() else {
             return Ok(());
         };
@@ -126,6 +126,44 @@ impl RequestCtx {
         }
         Ok(())
     }
+
+    /// A modern-era message (its head says so: `protocol::modern::is_modern_head`) is read
+    /// and checked against its headers here, before any upstream work and before the hub's
+    /// tool policy reads its method or tool name.
+    pub(super) fn read_modern(&mut self, req: &RequestHeader, full: &[u8]) -> Result<(), Refusal> {
+        if !is_modern(req) {
+            return Ok(());
+        }
+        let head = modern::Head {
+            version: header(req, headers::MCP_PROTOCOL_VERSION),
+            method: header(req, modern::MCP_METHOD),
+            name: header(req, modern::MCP_NAME),
+        };
+        match modern::read(&head, full) {
+            Ok(request) => {
+                self.modern = Some(Box::new(request));
+                Ok(())
+            }
+            Err(refused) => {
+                METRICS.client_refusals.with_label_values(&["modern"]).inc();
+                let mut refusal = Refusal::new(refused.status(), refused.code(), refused.message());
+                refusal.data = refused.data();
+                // the tools of a refused message are not looked at
+                self.called_tools.clear();
+                Err(refusal)
+            }
+        }
+    }
+}
+
+/// Whether a request is a modern-era POST (a GET or DELETE of the legacy era is not).
+pub(super) fn is_modern(req: &RequestHeader) -> bool {
+    req.method == http::Method::POST
+        && modern::is_modern_head(
+            header(req, headers::MCP_PROTOCOL_VERSION),
+            req.headers.contains_key(MCP_SESSION_ID),
+            req.headers.contains_key(modern::MCP_METHOD),
+        )
 }
 
 impl Sidecar {
@@ -174,9 +212,12 @@ impl Sidecar {
             Err(refusal) => Err(refusal),
         };
         // the body is read fully only now that the caller is known
+        let req = session.req_header();
         let checked = checked
             .and_then(|()| match ctx.raw_body.clone() {
-                Some(body) => ctx.judge(&body, &self.limits),
+                Some(body) => ctx
+                    .judge(&body, &self.limits)
+                    .and_then(|()| ctx.read_modern(req, &body)),
                 None => Ok(()),
             })
             .and_then(|()| self.admit_new_session(ctx))
@@ -191,11 +232,17 @@ impl Sidecar {
     /// checked against its hop and judged as a pre-read body is. `Err` is the status
     /// `fail_to_proxy` answers with `ctx.denied`: the upstream has the headers but not a byte
     /// of this body.
-    pub(super) fn judge_held_body(&self, ctx: &mut RequestCtx, full: Bytes) -> Result<Bytes> {
+    pub(super) fn judge_held_body(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+        full: Bytes,
+    ) -> Result<Bytes> {
         let full = self.hops.settle(ctx, full)?;
         ctx.complete_body(&full);
         let judged = ctx
             .judge(&full, &self.limits)
+            .and_then(|()| ctx.read_modern(req, &full))
             .and_then(|()| self.admit_new_session(ctx));
         if let Err(refusal) = judged {
             let status = refusal.status;

@@ -57,6 +57,9 @@ pub struct RequestCtx {
     /// A body read in `request_filter`: judged once the caller is known, and rewritten on a
     /// shared route.
     pub(super) raw_body: Option<Bytes>,
+    /// A modern-era (2026-07-28) message, read and checked against its headers
+    /// (`protocol::modern`); `None` for legacy requests.
+    pub(super) modern: Option<Box<crate::protocol::modern::Request>>,
 }
 
 impl RequestCtx {
@@ -85,6 +88,7 @@ impl RequestCtx {
             tools_filter: None,
             denied: None,
             raw_body: None,
+            modern: None,
         }
     }
 
@@ -101,6 +105,15 @@ impl RequestCtx {
 
     pub(super) fn route_label(&self) -> &str {
         self.route.as_ref().map_or("-", |r| r.server_name.as_str())
+    }
+
+    /// The client's protocol era, a metrics label.
+    pub(super) fn era(&self) -> &'static str {
+        if self.modern.is_some() {
+            "modern"
+        } else {
+            "legacy"
+        }
     }
 
     pub(super) fn user_id(&self) -> Option<&str> {

@@ -60,6 +60,7 @@ pub struct Sidecar {
     upstream_read: Option<Duration>,
     upstream_write: Duration,
     shared: Arc<crate::shared::Shared>,
+    bridge: Arc<crate::bridge::Bridge>,
 }
 
 impl Sidecar {
@@ -78,6 +79,13 @@ impl Sidecar {
                 config.limits.max_held_message,
             )),
             hops: hop::Hops::new(config, sessions.settings.me.clone()),
+            bridge: Arc::new(crate::bridge::Bridge::new(
+                config.bridge.clone(),
+                config.peer_secret().map(str::as_bytes),
+                sessions.settings.me.clone(),
+                (config.timeouts.connect, config.timeouts.upstream_idle),
+                config.limits.max_held_message,
+            )),
             sessions,
             hub,
             peer_port,
@@ -193,7 +201,7 @@ impl ProxyHttp for Sidecar {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         st: &mut RequestState,
@@ -211,7 +219,7 @@ impl ProxyHttp for Sidecar {
             BodyProgress::Pending => *body = Some(Bytes::new()),
             BodyProgress::TooLarge => return admission::body_over_limit(),
             BodyProgress::Complete(full) => {
-                let full = self.judge_held_body(ctx, full)?;
+                let full = self.judge_held_body(session.req_header(), ctx, full)?;
                 if let Some(out) = st.plan.outgoing_body(self, ctx, full)? {
                     *body = Some(out);
                 }
@@ -304,7 +312,9 @@ impl ProxyHttp for Sidecar {
         }
         if let Some(reason) = st.plan.legacy_gone() {
             METRICS.sse_failures.with_label_values(&[reason]).inc();
-            refusal = refusal.map(|_| plan::stream_gone());
+        }
+        if let Some(instead) = st.plan.failure(ctx.route_label()) {
+            refusal = refusal.map(|_| instead);
         }
         if e.esource() == &pingora::ErrorSource::Upstream {
             ctx.upstream_error = Some(kind);

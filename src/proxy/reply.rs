@@ -3,14 +3,14 @@
 
 use super::RequestCtx;
 use crate::protocol::headers::X_REQUEST_ID;
-use crate::protocol::jsonrpc::{code, error_body};
+use crate::protocol::jsonrpc::{code, error_body, error_body_with_data};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
 /// A refusal the sidecar answers itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
     pub status: u16,
     pub code: i64,
@@ -19,6 +19,8 @@ pub struct Refusal {
     pub challenge: Option<String>,
     /// Seconds for `Retry-After` (a 503 the client may try again).
     pub retry_after: Option<u64>,
+    /// The error's `data` member (the supported versions of a modern version refusal).
+    pub data: Option<serde_json::Value>,
 }
 
 impl Refusal {
@@ -29,6 +31,7 @@ impl Refusal {
             message: message.into(),
             challenge: None,
             retry_after: None,
+            data: None,
         }
     }
 
@@ -45,11 +48,11 @@ impl Refusal {
 
 /// Writes `refusal` as a JSON-RPC error response. The id echoes the request's when known.
 pub async fn send(session: &mut Session, ctx: &RequestCtx, refusal: &Refusal) -> Result<()> {
-    let body = error_body(
-        ctx.envelope.as_ref().and_then(|e| e.request_id()),
-        refusal.code,
-        &refusal.message,
-    );
+    let id = ctx.envelope.as_ref().and_then(|e| e.request_id());
+    let body = match &refusal.data {
+        Some(data) => error_body_with_data(id, refusal.code, &refusal.message, data),
+        None => error_body(id, refusal.code, &refusal.message),
+    };
     let mut resp = ResponseHeader::build(refusal.status, Some(4))?;
     resp.insert_header("content-type", "application/json")?;
     resp.insert_header("content-length", body.len().to_string())?;

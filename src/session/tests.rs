@@ -354,6 +354,7 @@ fn route_to(upstream: std::net::SocketAddr) -> Route {
         upstream_path: "/mcp".into(),
         policy: Default::default(),
         shared: false,
+        era: None,
     }
 }
 

@@ -13,16 +13,19 @@
 //!   context's one upstream session (or answered by the sidecar itself);
 //! - `legacy_post.rs`: a legacy SSE message post, sent to the pod whose stream holds it;
 //! - `legacy_stream.rs`: a legacy SSE stream, relayed by the sidecar itself;
-//! - `offerings.rs`: `offerings/list`, answered by the sidecar from the session's lists.
+//! - `offerings.rs`: `offerings/list`, answered by the sidecar from the session's lists;
+//! - `bridged.rs`: a modern (2026-07-28) client's request to a legacy server, served by the
+//!   sidecar on a pooled legacy session (or, an MRTR retry, sent to the pod holding its call).
 //!
 //! A plan can change once during a request, explicitly: a forward whose owner does not
 //! answer, or a local request whose MCP server forgot the session, becomes `Retry`, which
 //! the next `upstream_peer` turns into `Recovered` (`recover.rs`); a hand-off whose peer does
 //! not answer becomes `Local`.
 //!
-//! A new way of serving (a bridge between protocol eras, say) is one more variant, one more
-//! file, and its arm in `choose` and in the phase methods at the end of this file.
+//! A new way of serving is one more variant, one more file, and its arm in `choose` and in
+//! the phase methods at the end of this file.
 
+mod bridged;
 mod forward;
 mod hand_off;
 mod legacy_post;
@@ -85,6 +88,8 @@ pub enum Plan {
     LegacyStream,
     /// Answered by the sidecar in `request_filter`, on the session the inner plan placed.
     Offerings(Box<Plan>),
+    /// A modern client's request to a legacy server (`bridged.rs`).
+    Bridged(bridged::Bridged),
 }
 
 impl Sidecar {
@@ -97,6 +102,11 @@ impl Sidecar {
         plan: &mut Plan,
     ) -> Result<Verdict> {
         *plan = Plan::Local(Local { session: None });
+        if super::admission::is_modern(session.req_header()) {
+            if let Some(verdict) = self.choose_modern(session, ctx, plan).await? {
+                return Ok(verdict);
+            }
+        }
         let placed = if ctx.routed().shared {
             match self.choose_shared(session, ctx, plan).await {
                 Ok(shared::Step::Answered) => return Ok(Verdict::Answered),
@@ -120,7 +130,9 @@ impl Sidecar {
         }
         if offerings::asked(ctx, plan) {
             let on = std::mem::replace(plan, Plan::Undecided);
-            let answered = self.answer_offerings(session, ctx, on.session()).await;
+            let answered = self
+                .answer_offerings(session, ctx, on.session(), None)
+                .await;
             *plan = Plan::Offerings(Box::new(on));
             return answered.map(|()| Verdict::Answered);
         }
@@ -210,6 +222,11 @@ impl Plan {
             Plan::Shared(s) => Some(s.via),
             Plan::LegacyPost(p) => Some(p.via()),
             Plan::Offerings(on) => on.via(),
+            Plan::Bridged(b) => Some(if b.owner.is_some() {
+                "bridged_forwarded"
+            } else {
+                "bridged"
+            }),
             Plan::Undecided | Plan::HandedOff(_) | Plan::LegacyStream => None,
         }
     }
@@ -230,7 +247,11 @@ impl Plan {
             Plan::Recovered(inner) | Plan::Offerings(inner) => inner.session(),
             Plan::Retry(r) => r.previous.session(),
             Plan::Shared(s) => Some(&s.session),
-            Plan::Undecided | Plan::HandedOff(_) | Plan::LegacyPost(_) | Plan::LegacyStream => None,
+            Plan::Undecided
+            | Plan::HandedOff(_)
+            | Plan::LegacyPost(_)
+            | Plan::LegacyStream
+            | Plan::Bridged(_) => None,
         }
     }
 
@@ -251,6 +272,7 @@ impl Plan {
             Plan::HandedOff(h) => Some(&h.peer),
             Plan::Shared(s) => s.owner(),
             Plan::LegacyPost(p) => p.owner.as_deref(),
+            Plan::Bridged(b) => b.owner.as_deref(),
             Plan::Undecided | Plan::Local(_) | Plan::LegacyStream | Plan::Offerings(_) => None,
         }
     }
@@ -326,7 +348,8 @@ impl Plan {
             | Plan::Retry(_)
             | Plan::HandedOff(_)
             | Plan::LegacyStream
-            | Plan::Offerings(_) => Ok(()),
+            | Plan::Offerings(_)
+            | Plan::Bridged(_) => Ok(()),
         }
     }
 
@@ -357,6 +380,7 @@ impl Plan {
                 p.connect_failed(sidecar);
                 false
             }
+            Plan::Bridged(_) => false,
             _ => recover::owner_unreachable(self),
         }
     }
@@ -370,6 +394,16 @@ impl Plan {
     pub(super) fn legacy_gone(&self) -> Option<&'static str> {
         match self {
             Plan::LegacyPost(p) => p.gone,
+            _ => None,
+        }
+    }
+
+    /// What the client is told when the plan's next hop failed, when the plan knows better
+    /// than the generic proxy error.
+    pub(super) fn failure(&self, route: &str) -> Option<Refusal> {
+        match self {
+            Plan::LegacyPost(p) if p.gone.is_some() => Some(stream_gone()),
+            Plan::Bridged(b) if b.owner.is_some() => Some(b.owner_gone(route)),
             _ => None,
         }
     }

@@ -125,6 +125,7 @@ impl Sidecar {
         session: &mut Session,
         ctx: &RequestCtx,
         on: Option<&SessionIds>,
+        upstream_version: Option<&str>,
     ) -> Result<()> {
         let Some(upstream_sid) = on.map(|s| s.upstream.clone()) else {
             let refusal = Refusal::new(
@@ -135,7 +136,8 @@ impl Sidecar {
             return reply::send(session, ctx, &refusal).await;
         };
         let (route, path, version) = upstream_target(session, ctx);
-        let version = version.map(str::to_string);
+        // a bridged modern client's session speaks the legacy version the bridge negotiated
+        let version = upstream_version.or(version).map(str::to_string);
         let extra = self.injected(session, ctx, on.map(|s| s.client.as_str()));
         let mut headers: Vec<(&str, &str)> = vec![(MCP_SESSION_ID, upstream_sid.as_str())];
         if let Some(v) = &version {
@@ -190,7 +192,7 @@ impl Sidecar {
         resp.insert_header("content-type", "application/json")?;
         resp.insert_header("content-length", body.len().to_string())?;
         resp.insert_header(X_REQUEST_ID, ctx.request_id.as_str())?;
-        if let Some(s) = on {
+        if let Some(s) = on.filter(|s| !s.client.is_empty()) {
             resp.insert_header(MCP_SESSION_ID, s.client.as_str())?;
         }
         ctx.apply_cors(&mut resp);
