@@ -12,6 +12,7 @@ need_cmd redis-cli redis-tools      # --cluster create, and a Sentinel's state f
 need_cmd openssl openssl            # the TLS tests' CA and certificates
 need_cmd nginx nginx-light          # the round-robin "Service" in front of the test pods
 python_venv tests/peers/.venv tests/peers/requirements.txt
+python_venv tests/peers/.venv-modern tests/peers/requirements-modern.txt
 node_peers tests/peers
 
 # the end-to-end tests mostly wait on sockets: run more of them than there are cores

@@ -11,6 +11,8 @@ import random
 import time
 
 from mcp.server.fastmcp import Context, FastMCP
+from mcp.types import SamplingMessage, TextContent
+from pydantic import BaseModel
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
@@ -130,6 +132,77 @@ async def notify_resources_changed(ctx: Context) -> str:
     """Send notifications/resources/list_changed, which travels on the session's GET stream."""
     await ctx.session.send_resource_list_changed()
     return "sent"
+
+
+class NameForm(BaseModel):
+    name: str
+
+
+@mcp.tool()
+async def ask_name(ctx: Context) -> str:
+    """Ask the client for a name (elicitation/create), then greet it."""
+    answer = await ctx.elicit("What is your name?", schema=NameForm)
+    if answer.action != "accept":
+        return f"no name: {answer.action}"
+    return f"Hello, {answer.data.name}!"
+
+
+@mcp.tool()
+async def summarize(text: str, ctx: Context) -> str:
+    """Ask the client's model to summarize the text (sampling/createMessage); return its answer."""
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=f"Summarize: {text}"))
+    result = await ctx.session.create_message(messages=[message], max_tokens=50)
+    return getattr(result.content, "text", json.dumps(result.content.model_dump(mode="json")))
+
+
+@mcp.tool()
+async def list_roots(ctx: Context) -> str:
+    """The client's roots (roots/list), as a JSON list of URIs."""
+    result = await ctx.session.list_roots()
+    return json.dumps([str(r.uri) for r in result.roots])
+
+
+@mcp.tool()
+async def log_levels(ctx: Context) -> str:
+    """Send one notifications/message at each of debug, info, warning and error."""
+    await ctx.debug("log at debug")
+    await ctx.info("log at info")
+    await ctx.warning("log at warning")
+    await ctx.error("log at error")
+    return "logged"
+
+
+long_waits = {"count": 0, "started": 0}
+
+
+@mcp.tool()
+async def long_wait(seconds: float = 30.0) -> str:
+    """Sleep; a call cancelled before it ends is counted (see cancelled_calls)."""
+    long_waits["started"] += 1
+    try:
+        await asyncio.sleep(seconds)
+    except BaseException:
+        long_waits["count"] += 1
+        raise
+    return "waited"
+
+
+@mcp.tool()
+def cancelled_calls() -> str:
+    """How many long_wait calls this server started ("started") and saw cancelled ("count")."""
+    return json.dumps(long_waits)
+
+
+@mcp.tool()
+async def add_tool(name: str, ctx: Context) -> str:
+    """Add a tool named NAME (it echoes its text) and send notifications/tools/list_changed."""
+
+    def added(text: str) -> str:
+        return text
+
+    mcp.add_tool(added, name=name, description="Added at runtime; echoes.")
+    await ctx.session.send_tool_list_changed()
+    return f"added {name}"
 
 
 @mcp.prompt()
