@@ -10,7 +10,9 @@ import json
 import random
 import time
 
+from mcp import types
 from mcp.server.fastmcp import Context, FastMCP
+from mcp.shared.message import ServerMessageMetadata
 from mcp.types import SamplingMessage, TextContent
 from pydantic import BaseModel
 from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
@@ -151,14 +153,23 @@ async def ask_name(ctx: Context) -> str:
 async def summarize(text: str, ctx: Context) -> str:
     """Ask the client's model to summarize the text (sampling/createMessage); return its answer."""
     message = SamplingMessage(role="user", content=TextContent(type="text", text=f"Summarize: {text}"))
-    result = await ctx.session.create_message(messages=[message], max_tokens=50)
+    # related to this call, so it travels on the call's own stream (not the session's GET stream)
+    result = await ctx.session.create_message(
+        messages=[message], max_tokens=50, related_request_id=ctx.request_id
+    )
     return getattr(result.content, "text", json.dumps(result.content.model_dump(mode="json")))
 
 
 @mcp.tool()
 async def list_roots(ctx: Context) -> str:
     """The client's roots (roots/list), as a JSON list of URIs."""
-    result = await ctx.session.list_roots()
+    # ServerSession.list_roots() cannot relate the request to this call; sent related, it
+    # travels on the call's own stream (not the session's GET stream)
+    result = await ctx.session.send_request(
+        types.ServerRequest(types.ListRootsRequest(method="roots/list")),
+        types.ListRootsResult,
+        metadata=ServerMessageMetadata(related_request_id=ctx.request_id),
+    )
     return json.dumps([str(r.uri) for r in result.roots])
 
 
