@@ -18,6 +18,9 @@
 // protocol failed (the test asserts on the JSON); non-zero only when the driver itself crashed.
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
 
+// stdout carries exactly one JSON line: whatever the SDK prints goes to stderr
+for (const level of ["log", "info", "warn", "debug"]) console[level] = (...a) => console.error(...a);
+
 const ELICITED = { name: "Ada" };
 const SAMPLED = "sampled-by-client";
 const ROOTS = ["file:///client-root"];
@@ -189,8 +192,7 @@ function finish(code) {
   clearTimeout(timer);
   out.server_requests = serverRequests;
   out.notifications = notifications;
-  console.log(JSON.stringify(out));
-  process.exit(code);
+  process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(code));
 }
 
 try {
