@@ -12,10 +12,14 @@
 //     roots             call list_roots; the client's roots are [file:///client-root]
 //     listen            listen({toolsListChanged}), call add_tool, report the notifications, close
 //     cancel            start long_wait {"seconds":30}, abort it after 0.5 s, then read cancelled_calls
+//     call TOOL ARGS    call any tool, report its text contents
 // Prints ONE JSON line: {"driver","mode","scenario","ok","protocol_version","era","server","http":[...],
 // "error":{kind,code,message,data,http_status}|null, ...scenario fields}. Exits 0 even when the
 // protocol failed (the test asserts on the JSON); non-zero only when the driver itself crashed.
 import { Client, StreamableHTTPClientTransport } from "@modelcontextprotocol/client";
+
+// stdout carries exactly one JSON line: whatever the SDK prints goes to stderr
+for (const level of ["log", "info", "warn", "debug"]) console[level] = (...a) => console.error(...a);
 
 const ELICITED = { name: "Ada" };
 const SAMPLED = "sampled-by-client";
@@ -155,6 +159,10 @@ async function runScenario() {
     }
     await sleep(300);
     out.tools_after = (await client.listTools(undefined, { cacheMode: "bypass" })).tools.map((t) => t.name).sort();
+  } else if (scenario === "call") {
+    const [name, args] = toolArgs("echo", { text: "x" });
+    const r = await client.callTool({ name, arguments: args });
+    Object.assign(out, { result: texts(r), is_error: !!r.isError });
   } else if (scenario === "cancel") {
     const [name, args] = toolArgs("long_wait", { seconds: 30 });
     const controller = new AbortController();
@@ -184,8 +192,7 @@ function finish(code) {
   clearTimeout(timer);
   out.server_requests = serverRequests;
   out.notifications = notifications;
-  console.log(JSON.stringify(out));
-  process.exit(code);
+  process.stdout.write(JSON.stringify(out) + "\n", () => process.exit(code));
 }
 
 try {

@@ -13,6 +13,7 @@ Run: tests/peers/.venv-modern/bin/python tests/peers/modern_client.py URL MODE S
     listen            open subscriptions/listen (tools list changes), call add_tool, report the
                       notifications received, close the subscription
     cancel            start long_wait {"seconds":30}, abort it after 0.5 s, then read cancelled_calls
+    call TOOL ARGS    call any tool, report its text contents
 Prints ONE JSON line: {"driver","mode","scenario","ok","protocol_version","server","http":[...],
 "error":{code,message,data,http_status}|null, ...scenario fields}. Exits 0 even when the protocol
 failed (the test asserts on the JSON); non-zero only when the driver itself crashed.
@@ -205,6 +206,10 @@ async def run_scenario(client: Client) -> None:
         out["events"] = events
         await anyio.sleep(0.3)
         out["tools_after"] = sorted(t.name for t in (await client.list_tools(cache_mode="bypass")).tools)
+    elif scenario == "call":  # any tool: call TOOL ARGS_JSON
+        tool, args = tool_args("echo", {"text": "x"})
+        r = await client.call_tool(tool, args)
+        out["result"], out["is_error"] = texts(r), r.is_error
     elif scenario == "cancel":
         tool, args = tool_args("long_wait", {"seconds": 30})
         started = time.monotonic()
