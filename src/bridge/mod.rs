@@ -32,10 +32,11 @@ use crate::shared::fanout::Fanouts;
 use client::{Answer, CallError, Client};
 use log::{info, warn};
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// What the server behind a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +117,11 @@ pub struct Bridge {
     subscriptions: Mutex<HashMap<(String, String), usize>>,
     ids: AtomicU64,
     reaping: std::sync::atomic::AtomicBool,
+    /// Calls in flight per pooled session (by upstream session id), each with the channel a
+    /// server request from the session's GET stream reaches it by.
+    inflight: Mutex<HashMap<String, Vec<InFlight>>>,
+    /// Pooled sessions whose GET stream is watched for server requests.
+    watched: Mutex<HashSet<String>>,
     /// Tells this process's ids apart from another's on the same legacy session.
     nonce: String,
 }
@@ -153,6 +159,8 @@ impl Bridge {
             subscriptions: Mutex::default(),
             ids: AtomicU64::new(0),
             reaping: Default::default(),
+            inflight: Mutex::default(),
+            watched: Mutex::default(),
             nonce: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         }
     }
@@ -427,10 +435,10 @@ impl Bridge {
 
     /// Keeps a call waiting for the client's input; returns its sealed `requestState`, or
     /// the call back when this pod holds its limit of pending calls.
-    pub fn hold(&self, call: PendingCall, now_unix: u64) -> Result<String, PendingCall> {
+    pub fn hold(&self, call: PendingCall, now_unix: u64) -> Result<String, Box<PendingCall>> {
         let mut pending = lock(&self.pending);
         if pending.len() >= self.settings.max_pending {
-            return Err(call);
+            return Err(Box::new(call));
         }
         let handle = uuid::Uuid::new_v4().simple().to_string();
         let state = State {
@@ -511,6 +519,94 @@ impl Bridge {
         }
     }
 
+    // ---- server requests on a pooled session's GET stream ----
+
+    /// Watches a pooled session's GET stream for server requests that relate to no call (a
+    /// legacy server may send `roots/list` or `sampling/createMessage` there, as FastMCP's
+    /// `ctx.session.list_roots()` and server-everything do). Opened once per session, before
+    /// the first call that may be asked something is sent, so nothing is sent before it.
+    pub async fn watch(self: &Arc<Self>, target: &Target, legacy: &Arc<Legacy>) {
+        let Some(sid) = legacy.sid.clone() else {
+            return;
+        };
+        if !lock(&self.watched).insert(sid.clone()) {
+            return;
+        }
+        let opened = self
+            .fanouts
+            .subscribe(
+                crate::shared::fanout::Target {
+                    route: &target.route,
+                    path: &target.path,
+                    upstream_sid: &sid,
+                    protocol_version: Some(&legacy.version),
+                    headers: target.headers.clone(),
+                },
+                CALL_TIMEOUT,
+            )
+            .await;
+        let crate::shared::fanout::Opened::Stream(mut rx) = opened else {
+            // no GET stream: such requests cannot be received at all (nor by a legacy client)
+            return;
+        };
+        let this = Arc::clone(self);
+        let (target, legacy) = (target.clone(), Arc::clone(legacy));
+        tokio::spawn(async move {
+            loop {
+                let event = match rx.recv().await {
+                    Ok(e) => e,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                };
+                let text = String::from_utf8_lossy(&event);
+                let (data, _) = crate::protocol::messages::event_data(&text);
+                let Ok(msg) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                let (Some(method), Some(id)) =
+                    (msg.get("method").and_then(Value::as_str), msg.get("id"))
+                else {
+                    continue;
+                };
+                let calls: Vec<mpsc::UnboundedSender<Value>> = lock(&this.inflight)
+                    .get(&sid)
+                    .map(|v| v.iter().map(|(_, tx)| tx.clone()).collect())
+                    .unwrap_or_default();
+                let delivered = match calls.as_slice() {
+                    [only] => only.send(msg.clone()).is_ok(),
+                    _ => false,
+                };
+                if !delivered {
+                    // related to no call, and not exactly one call could have meant it
+                    let error = json!({"code": crate::protocol::jsonrpc::code::INVALID_REQUEST,
+                        "message": format!("{} reached no modern client: {} calls in flight on this session",
+                            crate::protocol::shown(method, 64), calls.len())});
+                    this.notify(&target, &legacy, &modern::error_response(Some(id), error))
+                        .await;
+                }
+            }
+            lock(&this.watched).remove(&sid);
+        });
+    }
+
+    /// Counts a call in flight on a pooled session; server requests from the session's GET
+    /// stream reach it through the returned channel while it is the only one.
+    pub fn enlist(self: &Arc<Self>, legacy: &Legacy) -> Enlisted {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let n = self.ids.fetch_add(1, Ordering::Relaxed);
+        let sid = legacy.sid.clone().unwrap_or_default();
+        lock(&self.inflight)
+            .entry(sid.clone())
+            .or_default()
+            .push((n, tx));
+        Enlisted {
+            bridge: Arc::clone(self),
+            sid,
+            n,
+            rx,
+        }
+    }
+
     // ---- resource subscriptions of listeners ----
 
     /// Counts a listener of `uri` on a pooled session; `true` when it is the first (the
@@ -536,6 +632,30 @@ impl Bridge {
                 true
             }
             None => false,
+        }
+    }
+}
+
+/// A call in flight on a pooled session: its number, and the way to hand it a server request.
+type InFlight = (u64, mpsc::UnboundedSender<Value>);
+
+/// A call counted in flight on its pooled session (until dropped).
+pub struct Enlisted {
+    bridge: Arc<Bridge>,
+    sid: String,
+    n: u64,
+    /// Server requests from the session's GET stream meant for this call.
+    pub rx: mpsc::UnboundedReceiver<Value>,
+}
+
+impl Drop for Enlisted {
+    fn drop(&mut self) {
+        let mut inflight = lock(&self.bridge.inflight);
+        if let Some(calls) = inflight.get_mut(&self.sid) {
+            calls.retain(|(n, _)| *n != self.n);
+            if calls.is_empty() {
+                inflight.remove(&self.sid);
+            }
         }
     }
 }

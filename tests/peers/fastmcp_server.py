@@ -174,6 +174,14 @@ async def list_roots(ctx: Context) -> str:
 
 
 @mcp.tool()
+async def list_roots_on_session(ctx: Context) -> str:
+    """The client's roots, asked with ServerSession.list_roots(): related to no call, so the
+    request travels on the session's GET stream (as many FastMCP servers ask)."""
+    result = await ctx.session.list_roots()
+    return json.dumps([str(r.uri) for r in result.roots])
+
+
+@mcp.tool()
 async def log_levels(ctx: Context) -> str:
     """Send one notifications/message at each of debug, info, warning and error."""
     await ctx.debug("log at debug")

@@ -369,6 +369,13 @@ impl Sidecar {
                 Ok(p) => p,
                 Err(r) => return Ok(Verdict::Refused(r)),
             };
+            if !modern::legacy_capabilities(&req.client_capabilities)
+                .as_object()
+                .is_some_and(|c| c.is_empty())
+            {
+                // the server may ask this client something on the session's GET stream
+                self.bridge.watch(&target, &legacy).await;
+            }
             let upstream_id = self.bridge.next_id("req");
             let token = modern::progress_token(req).map(|_| self.bridge.next_id("progress"));
             let body = modern::legacy_request(req, &upstream_id, token.as_deref());
@@ -425,9 +432,12 @@ impl Sidecar {
         let client_id = req.id.clone().unwrap_or(Value::Null);
         let max_held = self.limits.max_held_message;
         let route = ctx.routed();
+        let mut enlisted = self.bridge.enlist(&call.legacy);
         loop {
             let next = tokio::select! {
                 next = call.answer.next(max_held) => next,
+                // a server request from the session's GET stream, meant for this call
+                Some(msg) = enlisted.rx.recv() => Ok(Some(msg)),
                 _ = session.downstream_session.read_body_or_idle(true) => {
                     info!(
                         "request_id={} route={} the modern client closed its stream; {} cancelled upstream",
