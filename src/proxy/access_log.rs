@@ -64,7 +64,7 @@ pub(super) fn log(session: &Session, e: Option<&Error>, ctx: &RequestCtx, plan: 
         session_id,
         ctx.user_id().map(|u| format!(" user={u}")).unwrap_or_default(),
         plan.via().map(|v| format!(" via={v}")).unwrap_or_default(),
-        if ctx.modern.is_some() { " era=modern" } else { "" },
+        if ctx.modern_head { " era=modern" } else { "" },
         if ctx.from_peer { " from_peer=true" } else { "" },
         ctx.upstream_error.map(|k| format!(" upstream_error={k}")).unwrap_or_default(),
         plan.handoff().map(|p| format!(" handoff={p}")).unwrap_or_default(),

@@ -134,6 +134,7 @@ impl RequestCtx {
         if !is_modern(req) {
             return Ok(());
         }
+        self.modern_head = true;
         let head = modern::Head {
             version: header(req, headers::MCP_PROTOCOL_VERSION),
             method: header(req, modern::MCP_METHOD),

@@ -60,6 +60,8 @@ pub struct RequestCtx {
     /// A modern-era (2026-07-28) message, read and checked against its headers
     /// (`protocol::modern`); `None` for legacy requests.
     pub(super) modern: Option<Box<crate::protocol::modern::Request>>,
+    /// The request's head says it is of the modern era (also when its body was refused).
+    pub(super) modern_head: bool,
 }
 
 impl RequestCtx {
@@ -89,6 +91,7 @@ impl RequestCtx {
             denied: None,
             raw_body: None,
             modern: None,
+            modern_head: false,
         }
     }
 
@@ -109,7 +112,7 @@ impl RequestCtx {
 
     /// The client's protocol era, a metrics label.
     pub(super) fn era(&self) -> &'static str {
-        if self.modern.is_some() {
+        if self.modern_head {
             "modern"
         } else {
             "legacy"
