@@ -165,15 +165,19 @@ http {
 EOF
 start lb "$NGINX" -e "$TMP/lb-error.log" -c "$TMP/lb.conf"
 wait_port lb "$START_PID" "$LB_PORT"
+modern_served() { # admin_port -> modern tools/call answered 200 (Prometheus sorts the labels)
+    curl -sS --max-time 5 "http://127.0.0.1:$1/metrics" | awk '/^mcp_sidecar_requests_total\{/ &&
+        /era="modern"/ && /method="tools\/call"/ && /status="200"/ { s += $NF } END { print s + 0 }'
+}
 declare -A BEFORE
-for p in a b c; do BEFORE[$p]=$(metric "${SC_ADMIN[$p]}" 'mcp_sidecar_requests_total{route="echo",method="tools/call",status="200",era="modern"}'); done
+for p in a b c; do BEFORE[$p]=$(modern_served "${SC_ADMIN[$p]}"); done
 run_wrk "$TMP/modern.lua" "http://127.0.0.1:$LB_PORT/mcp" "$DURATION" "$TMP/spread.out"
 read -r spread_reqs spread_rps _ _ spread_err < <(parse_wrk <"$TMP/spread.out")
 SHARES=""
 total=0
 declare -A SERVED
 for p in a b c; do
-    now=$(metric "${SC_ADMIN[$p]}" 'mcp_sidecar_requests_total{route="echo",method="tools/call",status="200",era="modern"}')
+    now=$(modern_served "${SC_ADMIN[$p]}")
     SERVED[$p]=$(awk -v a="$now" -v b="${BEFORE[$p]}" 'BEGIN { print a - b }')
     total=$(awk -v t="$total" -v s="${SERVED[$p]}" 'BEGIN { print t + s }')
 done
