@@ -427,10 +427,10 @@ impl Bridge {
 
     /// Keeps a call waiting for the client's input; returns its sealed `requestState`, or
     /// the call back when this pod holds its limit of pending calls.
-    pub fn hold(&self, call: PendingCall, now_unix: u64) -> Result<String, PendingCall> {
+    pub fn hold(&self, call: PendingCall, now_unix: u64) -> Result<String, Box<PendingCall>> {
         let mut pending = lock(&self.pending);
         if pending.len() >= self.settings.max_pending {
-            return Err(call);
+            return Err(Box::new(call));
         }
         let handle = uuid::Uuid::new_v4().simple().to_string();
         let state = State {
