@@ -225,17 +225,27 @@ struct Asked {
 
 /// Calls `ask_name` (FastMCP elicits a name) and expects an `InputRequiredResult`.
 async fn ask_name(client: &reqwest::Client, url: &str, extra: &[(&str, &str)], id: i64) -> Asked {
-    let reply = call(client, url, extra, id, "ask_name", json!({})).await;
+    let body = request(
+        id,
+        "tools/call",
+        json!({"name": "ask_name", "arguments": {}}),
+    );
+    let asked = input_required(&modern(client, url, extra, &body).await);
+    assert_eq!(asked.input["method"], "elicitation/create");
+    asked
+}
+
+/// The round an `InputRequiredResult` opens.
+fn input_required(reply: &Reply) -> Asked {
     let r = reply.result();
     assert_eq!(r["resultType"], "input_required", "{reply:?}");
-    let (key, input) = r["inputRequests"]
-        .as_object()
-        .unwrap()
+    let requests = r["inputRequests"].as_object().unwrap();
+    assert_eq!(requests.len(), 1, "{reply:?}");
+    let (key, input) = requests
         .iter()
         .next()
         .map(|(k, v)| (k.clone(), v.clone()))
         .unwrap();
-    assert_eq!(input["method"], "elicitation/create", "{reply:?}");
     let state = r["requestState"].as_str().unwrap().to_string();
     assert!(
         state.starts_with("mcps1."),
@@ -244,14 +254,25 @@ async fn ask_name(client: &reqwest::Client, url: &str, extra: &[(&str, &str)], i
     Asked { key, input, state }
 }
 
-/// The retry of `ask_name` answering `asked` with the name `name`.
-fn answer_body(id: i64, asked: &Asked, state: &str, name: &str) -> Value {
+/// The retry of a `tool` call answering `asked` with `response`, echoing `state`.
+fn retry_body(id: i64, tool: &str, asked: &Asked, state: &str, response: Value) -> Value {
     request(
         id,
         "tools/call",
-        json!({"name": "ask_name", "arguments": {},
-            "inputResponses": {&asked.key: {"action": "accept", "content": {"name": name}}},
+        json!({"name": tool, "arguments": {},
+            "inputResponses": {&asked.key: response},
             "requestState": state}),
+    )
+}
+
+/// The retry of `ask_name` answering `asked` with the name `name`.
+fn answer_body(id: i64, asked: &Asked, state: &str, name: &str) -> Value {
+    retry_body(
+        id,
+        "ask_name",
+        asked,
+        state,
+        json!({"action": "accept", "content": {"name": name}}),
     )
 }
 
@@ -391,6 +412,25 @@ fn pinned_scenarios(driver: &str, url: &str) {
         "{out}"
     );
 
+    // two server requests in one call: two rounds
+    let out = run("elicit", &["ask_twice", "{}"]);
+    assert_modern_ok(&out);
+    assert_eq!(texts(&out), json!(["Ada: sampled-by-client"]), "{out}");
+    let asked: Vec<&Value> = out["server_requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["method"])
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            &json!("elicitation/create"),
+            &json!("sampling/createMessage")
+        ],
+        "{out}"
+    );
+
     // cancellation: the driver's own cancelled_calls read would land on any pod; the test
     // reads every pod's counters afterwards (TOOL args make the driver skip its read)
     let out = run("cancel", &["long_wait", r#"{"seconds": 30}"#]);
@@ -426,10 +466,11 @@ async fn pinned_clients_get_every_feature_across_three_pods_behind_round_robin()
     )
     .await;
 
-    // 4 MRTR scenarios per driver: 8 rounds asked and resumed, across the pods
+    // 6 MRTR rounds per driver (elicit, sample, roots, progress+elicit, 2 in ask_twice): 12
+    // asked and resumed, across the pods
     let rounds = "mcp_sidecar_bridge_input_rounds_total";
-    assert_eq!(eras.metric(rounds, &[("outcome", "asked")]).await, 8.0);
-    assert_eq!(eras.metric(rounds, &[("outcome", "resumed")]).await, 8.0);
+    assert_eq!(eras.metric(rounds, &[("outcome", "asked")]).await, 12.0);
+    assert_eq!(eras.metric(rounds, &[("outcome", "resumed")]).await, 12.0);
     assert_eq!(eras.metric(rounds, &[("outcome", "refused")]).await, 0.0);
 
     // deterministically across pods: asked on pod 1, answered on pod 2, resumed on pod 1
@@ -451,6 +492,34 @@ async fn pinned_clients_get_every_feature_across_three_pods_behind_round_robin()
         forwarded(b) == forwarded_before + 1 && from_peer(a) == from_peer_before + 1
     })
     .await;
+
+    // two rounds of one call over three pods: asked on pod 1, the first answer through pod
+    // 2, the second through pod 3; the call runs on pod 1 throughout
+    let c = eras.sidecar(2);
+    let body = request(
+        50,
+        "tools/call",
+        json!({"name": "ask_twice", "arguments": {}}),
+    );
+    let first = input_required(&modern(&client, &a.url("/mcp"), &[], &body).await);
+    assert_eq!(first.input["method"], "elicitation/create");
+    let name = json!({"action": "accept", "content": {"name": "Grace"}});
+    let retry = retry_body(51, "ask_twice", &first, &first.state, name);
+    let reply = modern(&client, &b.url("/mcp"), &[], &retry).await;
+    assert_eq!(reply.last()["id"], 51);
+    let second = input_required(&reply);
+    assert_eq!(second.input["method"], "sampling/createMessage");
+    assert_eq!(
+        second.input["params"]["messages"][0]["content"]["text"],
+        "Greet Grace"
+    );
+    assert_ne!(second.state, first.state);
+    let sampled = json!({"role": "assistant", "model": "m", "stopReason": "endTurn",
+        "content": {"type": "text", "text": "hi Grace"}});
+    let retry = retry_body(52, "ask_twice", &second, &second.state, sampled);
+    let reply = modern(&client, &c.url("/mcp"), &[], &retry).await;
+    assert_eq!(reply.text(), "Grace: hi Grace");
+    assert_eq!(reply.last()["id"], 52);
 
     // the listen stream and the list change it reports are one server's: a pod's FastMCP is
     // its own process, so the listener and the add_tool call go to the same pod
@@ -766,6 +835,14 @@ async fn modern_requests_are_validated_and_request_states_verified() {
     modern(&client, &a, &[], &other_tool)
         .await
         .refused(400, -32602);
+    // a retry without the answer is asked again (the call stays held), under a new state
+    let mut unanswered = answer_body(16, &asked, &asked.state, "x");
+    unanswered["params"]["inputResponses"] = json!({});
+    let again = input_required(&modern(&client, &b, &[], &unanswered).await);
+    assert_eq!(again.key, asked.key);
+    assert_eq!(again.input, asked.input);
+    assert_ne!(again.state, asked.state);
+    let asked = again;
     // none of them touched the pending call: the right retry still resumes it
     let reply = modern(
         &client,

@@ -161,6 +161,19 @@ async def summarize(text: str, ctx: Context) -> str:
 
 
 @mcp.tool()
+async def ask_twice(ctx: Context) -> str:
+    """Two server requests in one call: elicit a name, then sample a greeting for it."""
+    answer = await ctx.elicit("What is your name?", schema=NameForm)
+    if answer.action != "accept":
+        return f"no name: {answer.action}"
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=f"Greet {answer.data.name}"))
+    result = await ctx.session.create_message(
+        messages=[message], max_tokens=50, related_request_id=ctx.request_id
+    )
+    return f"{answer.data.name}: {getattr(result.content, 'text', '?')}"
+
+
+@mcp.tool()
 async def list_roots(ctx: Context) -> str:
     """The client's roots (roots/list), as a JSON list of URIs."""
     # ServerSession.list_roots() cannot relate the request to this call; sent related, it
