@@ -659,6 +659,10 @@ async fn auto_clients_land_on_the_modern_era_while_legacy_clients_keep_their_ses
     assert_modern_ok(&out);
     assert_eq!(texts(&out), json!(["sampled-by-client"]), "{out}");
 
+    // the requests metric tells the eras apart
+    let requests = "mcp_sidecar_requests_total";
+    assert!(eras.metric(requests, &[("era", "modern")]).await >= 10.0);
+    assert!(eras.metric(requests, &[("era", "legacy")]).await >= 20.0);
     // the legacy sessions were served as sessions (owned, forwarded), the modern requests
     // bridged
     let logs: String = eras.pods.iter().map(|(_, s, _)| s.log()).collect();
@@ -1029,6 +1033,21 @@ async fn hub_keys_tokens_and_tool_groups_apply_to_modern_requests() {
         "a refused call reached the server"
     );
 
+    // offerings/list on the pooled session, filtered the same way
+    let offerings = request(11, "offerings/list", json!({}));
+    let reply = modern(&client, &entry, &bob_h, &offerings).await;
+    let r = reply.result();
+    let mut tools: Vec<&str> = r["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{reply:?}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    tools.sort();
+    assert_eq!(tools, ["echo", "request_headers", "whoami"], "{reply:?}");
+    assert_eq!(r["prompts"][0]["name"], "greet", "{reply:?}");
+    assert_eq!(reply.last()["id"], 11);
+
     // a pending call is the caller's: dave cannot resume alice's, which stays pending
     let asked = ask_name(&client, &a, &alice_h, 8).await;
     let b = eras.sidecar(1).url("/mcp");
@@ -1281,6 +1300,15 @@ async fn modern_servers_are_passed_through_configured_or_probed() {
         assert_modern_ok(&ts);
         assert_eq!(texts(&ts), json!(["Hello, Ada!"]), "{ts}");
     }
+    // legacy clients of the dual-era server pass as ever
+    let url = sidecar.url("/probed");
+    let out = tokio::task::spawn_blocking(move || {
+        python_client(&url, Transport::StreamableHttp, &["--calls", "3"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out["add_results"].as_array().unwrap().len(), 3, "{out}");
+    assert_eq!(out["echo"], "héllo ✓", "{out}");
     // the server's own answers: no legacy session was opened, no round went through the
     // bridge, and the route without an era was probed once as modern
     assert_eq!(
