@@ -1452,3 +1452,53 @@ async fn a_pooled_session_the_server_forgot_is_opened_again() {
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_leaving_a_resumed_call_cancels_it_upstream_on_the_pod_holding_it() {
+    let eras = Eras::start("eras-cancel-resumed", 2, "", &fastmcp_route);
+    let client = http();
+    let (a, b) = (eras.sidecar(0).url("/mcp"), eras.sidecar(1).url("/mcp"));
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let counters = |url: String| {
+        let client = client.clone();
+        async move {
+            let reply = call(&client, &url, &[], 1, "cancelled_calls", json!({})).await;
+            let v: Value = serde_json::from_str(&reply.text()).unwrap();
+            (v["started"].as_i64().unwrap(), v["count"].as_i64().unwrap())
+        }
+    };
+    // the retry reaches the holding pod itself (1), or another pod that carries it (2)
+    for (n, retry_url) in [(1, &a), (2, &b)] {
+        let body = request(
+            10 * n,
+            "tools/call",
+            json!({"name": "ask_then_wait", "arguments": {}}),
+        );
+        let asked = input_required(&modern(&client, &a, &[], &body).await);
+        let name = json!({"action": "accept", "content": {"name": "Ada"}});
+        let retry = retry_body(10 * n + 1, "ask_then_wait", &asked, &asked.state, name);
+        // the client gives up while the server waits: its connection closes
+        let gone = mcp_post(&impatient, retry_url)
+            .header("mcp-protocol-version", MODERN)
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", "ask_then_wait")
+            .body(retry.to_string())
+            .send()
+            .await;
+        assert!(gone.is_err(), "the call should still be waiting: {gone:?}");
+        let url = a.clone();
+        eventually(
+            Duration::from_secs(20),
+            "the resumed call is cancelled upstream",
+            || {
+                let counters = counters.clone();
+                let url = url.clone();
+                async move { counters(url).await == (n, n) }
+            },
+        )
+        .await;
+    }
+}

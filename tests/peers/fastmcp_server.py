@@ -212,6 +212,13 @@ async def long_wait(seconds: float = 30.0) -> str:
 
 
 @mcp.tool()
+async def ask_then_wait(ctx: Context, seconds: float = 30.0) -> str:
+    """Elicit a name, then wait like long_wait (counted in cancelled_calls when cancelled)."""
+    answer = await ctx.elicit("What is your name?", schema=NameForm)
+    return await long_wait(seconds) + f" for {getattr(answer.data, 'name', None)}"
+
+
+@mcp.tool()
 def cancelled_calls() -> str:
     """How many long_wait calls this server started ("started") and saw cancelled ("count")."""
     return json.dumps(long_waits)
