@@ -938,6 +938,28 @@ fn upstream_failed(server: &str, e: &CallError) -> Refusal {
     refused(502, code::SERVER_ERROR, format!("MCP server {server}: {e}"))
 }
 
+impl Sidecar {
+    /// A modern request passed through untouched (the route's server was probed modern)
+    /// answered as a legacy server answers one (`400` "Missing session ID", `404`, `405`):
+    /// the verdict no longer holds (the server was replaced by a legacy one), and the next
+    /// modern request probes again instead of failing until `bridge.era_ttl` runs out.
+    pub(in crate::proxy) fn check_passed_through(
+        &self,
+        ctx: &RequestCtx,
+        plan: &Plan,
+        status: u16,
+    ) {
+        let route = ctx.routed();
+        if ctx.modern.is_some()
+            && !matches!(plan, Plan::Bridged(_))
+            && route.era.is_none()
+            && matches!(status, 400 | 404 | 405)
+        {
+            self.bridge.doubt_era(&route.server_name);
+        }
+    }
+}
+
 impl Bridged {
     /// The retry's owner pod did not answer: its pending call is gone with it.
     pub(super) fn owner_gone(&self, route: &str) -> Refusal {
