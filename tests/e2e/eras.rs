@@ -1494,11 +1494,54 @@ async fn a_client_leaving_a_resumed_call_cancels_it_upstream_on_the_pod_holding_
             Duration::from_secs(20),
             "the resumed call is cancelled upstream",
             || {
-                let counters = counters.clone();
                 let url = url.clone();
                 async move { counters(url).await == (n, n) }
             },
         )
         .await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_whose_server_changes_era_is_probed_again() {
+    let dir = test_dir("eras-era-change");
+    let mut modern_up = ModernServer::start(&dir);
+    let port = modern_up.port;
+    let sidecar = Sidecar::start(
+        &dir,
+        &format!(
+            "routes:\n{}",
+            Sidecar::route("/mcp", &format!("http://127.0.0.1:{port}/mcp"), "changing")
+        ),
+    );
+    let sidecar = &sidecar;
+    let basics = || {
+        let url = sidecar.url("/mcp");
+        tokio::task::spawn_blocking(move || modern_py(&url, "pin", "basics", &[]))
+    };
+    let out = basics().await.unwrap();
+    assert_modern_ok(&out);
+    assert_eq!(out["server"], format!("modern-{port}"), "{out}");
+
+    // the deployment rolls back to a legacy server on the same address
+    modern_up.proc.kill();
+    let _legacy_up = FastMcp::start_on(&dir, "127.0.0.1", port, Transport::StreamableHttp);
+    // the first modern request may still go through untouched (and fail); the verdict is
+    // doubted then, and the next ones are bridged
+    let mut outs = vec![];
+    for _ in 0..3 {
+        let out = basics().await.unwrap();
+        let ok = out["ok"] == true;
+        outs.push(out);
+        if ok {
+            break;
+        }
+    }
+    let last = outs.last().unwrap();
+    assert_modern_ok(last);
+    assert_eq!(last["server"], format!("fastmcp-{port}"), "{outs:?}");
+    assert!(outs.len() <= 2, "{outs:?}");
+    let probes = "mcp_sidecar_era_probes_total";
+    assert_eq!(metric(sidecar, probes, &[("era", "modern")]).await, 1.0);
+    assert_eq!(metric(sidecar, probes, &[("era", "legacy")]).await, 1.0);
 }

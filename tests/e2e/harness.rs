@@ -961,7 +961,11 @@ pub struct ModernServer {
 
 impl ModernServer {
     pub fn start(dir: &Path) -> ModernServer {
-        let port = free_port();
+        Self::start_on_port(dir, free_port())
+    }
+
+    /// On a given port (a restart, or another server taking its place).
+    pub fn start_on_port(dir: &Path, port: u16) -> ModernServer {
         let mut cmd = Command::new(python_modern());
         cmd.arg(peers().join("modern_server.py"))
             .args(["--port", &port.to_string()])
