@@ -187,6 +187,14 @@ async def list_roots(ctx: Context) -> str:
 
 
 @mcp.tool()
+async def list_roots_unrelated(ctx: Context) -> str:
+    """The client's roots the way FastMCP 1.x offers it (ServerSession.list_roots()): the
+    request relates to no call, so it travels on the session's GET stream."""
+    result = await ctx.session.list_roots()
+    return json.dumps([str(r.uri) for r in result.roots])
+
+
+@mcp.tool()
 async def log_levels(ctx: Context) -> str:
     """Send one notifications/message at each of debug, info, warning and error."""
     await ctx.debug("log at debug")
