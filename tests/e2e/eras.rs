@@ -1212,50 +1212,33 @@ async fn server_everything_serves_pinned_clients_across_pods() {
     assert!(reply.text().contains("hi"), "{reply:?}");
 
     // the pinned drivers on server-everything's own tools
-    let (u1, u2) = (url.clone(), url.clone());
-    let py = tokio::task::spawn_blocking(move || {
-        let progress = modern_py(
-            &u1,
-            "pin",
-            "progress",
-            &[
-                "trigger-long-running-operation",
-                r#"{"duration": 1, "steps": 2}"#,
-            ],
-        );
-        let sample = modern_py(
-            &u1,
-            "pin",
-            "sample",
-            &[
-                "trigger-sampling-request",
-                r#"{"prompt": "hi", "maxTokens": 10}"#,
-            ],
-        );
-        (progress, sample)
-    });
-    let ts = tokio::task::spawn_blocking(move || {
-        let progress = modern_ts(
-            &u2,
-            "pin",
-            "progress",
-            &[
-                "trigger-long-running-operation",
-                r#"{"duration": 1, "steps": 2}"#,
-            ],
-        );
-        let sample = modern_ts(
-            &u2,
-            "pin",
-            "sample",
-            &[
-                "trigger-sampling-request",
-                r#"{"prompt": "hi", "maxTokens": 10}"#,
-            ],
-        );
-        (progress, sample)
-    });
-    for (progress, sample) in [py.await.unwrap(), ts.await.unwrap()] {
+    let runs: Vec<_> = ["py", "ts"]
+        .into_iter()
+        .map(|driver| {
+            let url = url.clone();
+            tokio::task::spawn_blocking(move || {
+                let run = |scenario: &str, tool: &str, args: &str| match driver {
+                    "py" => modern_py(&url, "pin", scenario, &[tool, args]),
+                    _ => modern_ts(&url, "pin", scenario, &[tool, args]),
+                };
+                [
+                    run(
+                        "progress",
+                        "trigger-long-running-operation",
+                        r#"{"duration": 1, "steps": 2}"#,
+                    ),
+                    run(
+                        "sample",
+                        "trigger-sampling-request",
+                        r#"{"prompt": "hi", "maxTokens": 10}"#,
+                    ),
+                    run("elicit", "trigger-elicitation-request", "{}"),
+                ]
+            })
+        })
+        .collect();
+    for run in runs {
+        let [progress, sample, elicit] = run.await.unwrap();
         assert_modern_ok(&progress);
         assert_eq!(progress["is_error"], false, "{progress}");
         assert_eq!(
@@ -1273,6 +1256,10 @@ async fn server_everything_serves_pinned_clients_across_pods() {
             sample["server_requests"][0]["method"],
             "sampling/createMessage"
         );
+        assert_modern_ok(&elicit);
+        assert_eq!(elicit["is_error"], false, "{elicit}");
+        assert_eq!(elicit["server_requests"][0]["method"], "elicitation/create");
+        assert!(elicit["result"].to_string().contains("Ada"), "{elicit}");
     }
 }
 
