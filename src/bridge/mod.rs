@@ -36,6 +36,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
 
 /// What the server behind a route speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,49 @@ pub struct Legacy {
     pub version: String,
     pub init_result: Value,
     pub server_info: Value,
+    /// The calls in flight on the session that take server requests arriving on its GET
+    /// stream (requests the server relates to no call), by a number of their own.
+    inflight: Mutex<Vec<(u64, mpsc::UnboundedSender<Value>)>>,
+}
+
+/// What a call in flight receives from its session's GET stream; it stops receiving when
+/// dropped.
+pub struct Inbox {
+    pub rx: mpsc::UnboundedReceiver<Value>,
+    n: u64,
+    legacy: Arc<Legacy>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        lock(&self.legacy.inflight).retain(|(n, _)| *n != self.n);
+    }
+}
+
+impl Legacy {
+    /// A call in flight on this session: server requests on the GET stream reach it while it
+    /// is the only one.
+    pub fn enter(self: &Arc<Self>) -> Inbox {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inflight).push((n, tx));
+        Inbox {
+            rx,
+            n,
+            legacy: Arc::clone(self),
+        }
+    }
+
+    /// Hands a server request from the GET stream to the call in flight, when exactly one
+    /// is: with none, or several, nobody can tell whose it is.
+    fn deliver(&self, msg: &Value) -> bool {
+        let inflight = lock(&self.inflight);
+        match inflight.as_slice() {
+            [(_, tx)] => tx.send(msg.clone()).is_ok(),
+            _ => false,
+        }
+    }
 }
 
 /// A pooled session's slot: established once, under its own lock.
@@ -260,7 +304,7 @@ impl Bridge {
     /// The pooled session for `key`, established when there is none yet (once, however
     /// many requests ask at the same time).
     pub async fn session(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         target: &Target,
         capabilities: &Value,
@@ -300,8 +344,76 @@ impl Bridge {
             legacy.sid.as_deref().unwrap_or("(stateless)"),
             crate::protocol::shown(key, 96)
         );
+        // before any call goes on the session: what the server sends on its GET stream
+        self.watch(target, &legacy).await;
         held.legacy = Some(legacy.clone());
         Ok(legacy)
+    }
+
+    /// Opens the pooled session's GET stream and keeps it for the session's life: a server
+    /// request there (one the server relates to no call: FastMCP 1.x's `list_roots()`, or
+    /// `create_message` without a related request id) goes to the call in flight when there
+    /// is exactly one, and is refused otherwise, so that the server never waits for ever. A
+    /// `ping` is answered here.
+    async fn watch(self: &Arc<Self>, target: &Target, legacy: &Arc<Legacy>) {
+        let Some(sid) = &legacy.sid else { return };
+        let t = crate::shared::fanout::Target {
+            route: &target.route,
+            path: &target.path,
+            upstream_sid: sid,
+            protocol_version: Some(&legacy.version),
+            headers: target.headers.clone(),
+        };
+        let mut rx = match self.fanouts.subscribe(t, CALL_TIMEOUT).await {
+            crate::shared::fanout::Opened::Stream(rx) => rx,
+            crate::shared::fanout::Opened::Refused(status) => {
+                info!(
+                    "route {}: the MCP server has no GET stream ({status}) for the bridge's session",
+                    target.route.server_name
+                );
+                return;
+            }
+            crate::shared::fanout::Opened::Unreachable(e) => {
+                warn!(
+                    "route {}: the GET stream of the bridge's session did not open: {e}",
+                    target.route.server_name
+                );
+                return;
+            }
+        };
+        let (bridge, target, legacy) = (Arc::clone(self), target.clone(), Arc::clone(legacy));
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                let text = String::from_utf8_lossy(&event);
+                let (data, _) = crate::protocol::messages::event_data(&text);
+                let Ok(msg) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                let (Some(method), Some(id)) =
+                    (msg.get("method").and_then(Value::as_str), msg.get("id"))
+                else {
+                    continue;
+                };
+                let reply = if method == "ping" {
+                    modern::response(id, json!({}))
+                } else if legacy.deliver(&msg) {
+                    continue;
+                } else {
+                    modern::error_response(
+                        Some(id),
+                        json!({"code": crate::protocol::jsonrpc::code::INVALID_REQUEST,
+                            "message": format!("{} relates to no call, and the sidecar cannot tell which of its modern clients it is for; send it related to the call", crate::protocol::shown(method, 64))}),
+                    )
+                };
+                bridge.notify(&target, &legacy, &reply).await;
+            }
+        });
     }
 
     /// Drops a pooled session the server no longer knows (only if it is still the pooled
@@ -366,6 +478,7 @@ impl Bridge {
             version,
             init_result: result,
             server_info,
+            inflight: Mutex::default(),
         };
         let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.notify(target, &legacy, &initialized).await;

@@ -21,7 +21,7 @@
 
 use super::{Plan, SessionIds};
 use crate::bridge::client::{sse_event, Answer, CallError};
-use crate::bridge::{Bridge, Era, Legacy, PendingCall, Target};
+use crate::bridge::{Bridge, Era, Inbox, Legacy, PendingCall, Target};
 use crate::hub::filter::filter_message;
 use crate::legacy::sse::KEEPALIVE;
 use crate::metrics::METRICS;
@@ -163,6 +163,14 @@ struct Call {
     target: Target,
     upstream_id: String,
     token: Option<String>,
+    /// Server requests from the session's GET stream (`Bridge::watch`), while the call is
+    /// in flight.
+    inbox: Inbox,
+}
+
+/// The next server request from a call's GET-stream inbox.
+async fn from_stream(inbox: &mut Inbox) -> Option<Value> {
+    inbox.rx.recv().await
 }
 
 /// What pumping a call came to.
@@ -372,6 +380,8 @@ impl Sidecar {
             let upstream_id = self.bridge.next_id("req");
             let token = modern::progress_token(req).map(|_| self.bridge.next_id("progress"));
             let body = modern::legacy_request(req, &upstream_id, token.as_deref());
+            // in flight before it is sent: the server may ask at once
+            let inbox = legacy.enter();
             match self.bridge.send(&target, &legacy, &body).await {
                 Ok(answer) => {
                     call = Some(Call {
@@ -381,6 +391,7 @@ impl Sidecar {
                         target: target.clone(),
                         upstream_id,
                         token,
+                        inbox,
                     });
                     break;
                 }
@@ -428,6 +439,7 @@ impl Sidecar {
         loop {
             let next = tokio::select! {
                 next = call.answer.next(max_held) => next,
+                Some(msg) = from_stream(&mut call.inbox) => Ok(Some(msg)),
                 _ = session.downstream_session.read_body_or_idle(true) => {
                     info!(
                         "request_id={} route={} the modern client closed its stream; {} cancelled upstream",
@@ -596,6 +608,7 @@ impl Sidecar {
         self.bridge.start_reaper();
         self.bridge.hold(pending, unix_now()).map_err(|p| {
             Box::new(Call {
+                inbox: p.legacy.enter(),
                 answer: p.answer,
                 legacy: p.legacy,
                 pool_key: p.pool_key,
@@ -657,6 +670,8 @@ impl Sidecar {
             .bridge_rounds
             .with_label_values(&[route.server_name.as_str(), "resumed"])
             .inc();
+        // in flight again before the answers go: the server may ask at once
+        let inbox = pending.legacy.enter();
         for (key, (server_id, _)) in &pending.asked {
             let reply = modern::response(server_id, responses[key].clone());
             self.bridge
@@ -664,6 +679,7 @@ impl Sidecar {
                 .await;
         }
         let call = Call {
+            inbox,
             answer: pending.answer,
             legacy: pending.legacy,
             pool_key: pending.pool_key,
