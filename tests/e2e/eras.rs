@@ -1534,11 +1534,9 @@ async fn a_route_whose_server_changes_era_is_probed_again() {
 }
 
 /// FastMCP 1.x's own `ctx.session.list_roots()` (and `create_message` without a related
-/// request id, and every server request of a `json_response` server) relates to no call: the
-/// server sends it on the session's GET stream. A legacy client gets it there; the bridge
-/// reads only the call's own stream, so the modern client's call waits for ever.
+/// request id) relates to no call: the server sends it on the session's GET stream. A legacy client gets it there; the bridge
+/// watches that stream for its pooled session and hands the request to the call in flight.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "known bug: server requests on the pooled session's GET stream never reach the bridged call, which hangs"]
 async fn a_server_request_on_the_sessions_get_stream_reaches_the_modern_client() {
     let dir = test_dir("eras-unrelated");
     let up = FastMcp::start(&dir, Transport::StreamableHttp);
@@ -1549,13 +1547,41 @@ async fn a_server_request_on_the_sessions_get_stream_reaches_the_modern_client()
             Sidecar::route("/mcp", &format!("{}/mcp", up.base()), "fastmcp")
         ),
     );
+    // the drivers give up after 60 s: the wait is bounded either way
     let url = sidecar.url("/mcp");
-    // the driver gives up after 60 s: the wait is bounded either way
-    let out = tokio::task::spawn_blocking(move || {
-        modern_ts(&url, "pin", "roots", &["list_roots_unrelated", "{}"])
+    let outs = tokio::task::spawn_blocking(move || {
+        [
+            modern_ts(&url, "pin", "roots", &["list_roots_unrelated", "{}"]),
+            modern_py(&url, "pin", "roots", &["list_roots_unrelated", "{}"]),
+        ]
     })
     .await
     .unwrap();
-    assert_modern_ok(&out);
-    assert_eq!(texts(&out), json!([r#"["file:///client-root"]"#]), "{out}");
+    for out in &outs {
+        assert_modern_ok(out);
+        assert_eq!(texts(out), json!([r#"["file:///client-root"]"#]), "{out}");
+    }
+
+    // with another call in flight on the pooled session nobody can tell whose request it
+    // is: refused, so the server's call ends (with the error) instead of waiting for ever
+    let client = http();
+    let url = sidecar.url("/mcp");
+    let waiting = {
+        let (client, url) = (client.clone(), url.clone());
+        tokio::spawn(async move {
+            call(&client, &url, &[], 1, "long_wait", json!({"seconds": 4})).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let reply = call(&client, &url, &[], 2, "list_roots_unrelated", json!({})).await;
+    let r = reply.result();
+    assert_eq!(r["isError"], true, "{reply:?}");
+    assert!(
+        r["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("relates to no call"),
+        "{reply:?}"
+    );
+    assert_eq!(waiting.await.unwrap().text(), "waited");
 }
