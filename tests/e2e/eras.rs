@@ -522,7 +522,9 @@ async fn pinned_clients_get_every_feature_across_three_pods_behind_round_robin()
     assert_eq!(reply.last()["id"], 52);
 
     // the listen stream and the list change it reports are one server's: a pod's FastMCP is
-    // its own process, so the listener and the add_tool call go to the same pod
+    // its own process, so the listener and the add_tool call go to the same pod. (Behind the
+    // round robin the call lands on another pod, whose server changes, and the listener
+    // hears nothing: listeners get the changes of the server on the pod they reached only.)
     let pod = eras.sidecar(2).url("/mcp");
     let py = modern_py(
         &pod,
