@@ -223,20 +223,24 @@ impl Answer {
         }
     }
 
+    /// The rest of the body. Cancel-safe: what was read stays held for the next call (a call
+    /// waits on its answer and its session's GET stream at once).
     async fn read_all(&mut self, max: usize) -> Vec<u8> {
-        let mut out = std::mem::take(&mut self.held);
         while !self.done {
             match self.http.read_body_bytes().await {
-                Ok(Some(chunk)) if out.len() + chunk.len() <= max => out.extend_from_slice(&chunk),
+                Ok(Some(chunk)) if self.held.len() + chunk.len() <= max => {
+                    self.held.extend_from_slice(&chunk)
+                }
                 Ok(Some(_)) | Err(_) => {
                     self.done = true;
                     self.broken = true;
+                    self.held.clear();
                     return Vec::new();
                 }
                 Ok(None) => self.done = true,
             }
         }
-        out
+        std::mem::take(&mut self.held)
     }
 
     /// Reads what is left so the connection can be reused (a 202's empty body).

@@ -32,7 +32,7 @@ use crate::shared::fanout::Fanouts;
 use client::{Answer, CallError, Client};
 use log::{info, warn};
 use serde_json::{json, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,6 +73,49 @@ pub struct Legacy {
     pub version: String,
     pub init_result: Value,
     pub server_info: Value,
+    /// The calls in flight on the session that take server requests arriving on its GET
+    /// stream (requests the server relates to no call), by a number of their own.
+    inflight: Mutex<Vec<(u64, mpsc::UnboundedSender<Value>)>>,
+}
+
+/// What a call in flight receives from its session's GET stream; it stops receiving when
+/// dropped.
+pub struct Inbox {
+    pub rx: mpsc::UnboundedReceiver<Value>,
+    n: u64,
+    legacy: Arc<Legacy>,
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        lock(&self.legacy.inflight).retain(|(n, _)| *n != self.n);
+    }
+}
+
+impl Legacy {
+    /// A call in flight on this session: server requests on the GET stream reach it while it
+    /// is the only one.
+    pub fn enter(self: &Arc<Self>) -> Inbox {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock(&self.inflight).push((n, tx));
+        Inbox {
+            rx,
+            n,
+            legacy: Arc::clone(self),
+        }
+    }
+
+    /// Hands a server request from the GET stream to the call in flight, when exactly one
+    /// is: with none, or several, nobody can tell whose it is.
+    fn deliver(&self, msg: &Value) -> bool {
+        let inflight = lock(&self.inflight);
+        match inflight.as_slice() {
+            [(_, tx)] => tx.send(msg.clone()).is_ok(),
+            _ => false,
+        }
+    }
 }
 
 /// A pooled session's slot: established once, under its own lock.
@@ -117,11 +160,6 @@ pub struct Bridge {
     subscriptions: Mutex<HashMap<(String, String), usize>>,
     ids: AtomicU64,
     reaping: std::sync::atomic::AtomicBool,
-    /// Calls in flight per pooled session (by upstream session id), each with the channel a
-    /// server request from the session's GET stream reaches it by.
-    inflight: Mutex<HashMap<String, Vec<InFlight>>>,
-    /// Pooled sessions whose GET stream is watched for server requests.
-    watched: Mutex<HashSet<String>>,
     /// Tells this process's ids apart from another's on the same legacy session.
     nonce: String,
 }
@@ -159,8 +197,6 @@ impl Bridge {
             subscriptions: Mutex::default(),
             ids: AtomicU64::new(0),
             reaping: Default::default(),
-            inflight: Mutex::default(),
-            watched: Mutex::default(),
             nonce: uuid::Uuid::new_v4().simple().to_string()[..8].to_string(),
         }
     }
@@ -268,7 +304,7 @@ impl Bridge {
     /// The pooled session for `key`, established when there is none yet (once, however
     /// many requests ask at the same time).
     pub async fn session(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         target: &Target,
         capabilities: &Value,
@@ -308,8 +344,76 @@ impl Bridge {
             legacy.sid.as_deref().unwrap_or("(stateless)"),
             crate::protocol::shown(key, 96)
         );
+        // before any call goes on the session: what the server sends on its GET stream
+        self.watch(target, &legacy).await;
         held.legacy = Some(legacy.clone());
         Ok(legacy)
+    }
+
+    /// Opens the pooled session's GET stream and keeps it for the session's life: a server
+    /// request there (one the server relates to no call: FastMCP 1.x's `list_roots()`, or
+    /// `create_message` without a related request id) goes to the call in flight when there
+    /// is exactly one, and is refused otherwise, so that the server never waits for ever. A
+    /// `ping` is answered here.
+    async fn watch(self: &Arc<Self>, target: &Target, legacy: &Arc<Legacy>) {
+        let Some(sid) = &legacy.sid else { return };
+        let t = crate::shared::fanout::Target {
+            route: &target.route,
+            path: &target.path,
+            upstream_sid: sid,
+            protocol_version: Some(&legacy.version),
+            headers: target.headers.clone(),
+        };
+        let mut rx = match self.fanouts.subscribe(t, CALL_TIMEOUT).await {
+            crate::shared::fanout::Opened::Stream(rx) => rx,
+            crate::shared::fanout::Opened::Refused(status) => {
+                info!(
+                    "route {}: the MCP server has no GET stream ({status}) for the bridge's session",
+                    target.route.server_name
+                );
+                return;
+            }
+            crate::shared::fanout::Opened::Unreachable(e) => {
+                warn!(
+                    "route {}: the GET stream of the bridge's session did not open: {e}",
+                    target.route.server_name
+                );
+                return;
+            }
+        };
+        let (bridge, target, legacy) = (Arc::clone(self), target.clone(), Arc::clone(legacy));
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                let event = match rx.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => break,
+                };
+                let text = String::from_utf8_lossy(&event);
+                let (data, _) = crate::protocol::messages::event_data(&text);
+                let Ok(msg) = serde_json::from_str::<Value>(&data) else {
+                    continue;
+                };
+                let (Some(method), Some(id)) =
+                    (msg.get("method").and_then(Value::as_str), msg.get("id"))
+                else {
+                    continue;
+                };
+                let reply = if method == "ping" {
+                    modern::response(id, json!({}))
+                } else if legacy.deliver(&msg) {
+                    continue;
+                } else {
+                    modern::error_response(
+                        Some(id),
+                        json!({"code": crate::protocol::jsonrpc::code::INVALID_REQUEST,
+                            "message": format!("{} relates to no call, and the sidecar cannot tell which of its modern clients it is for; send it related to the call", crate::protocol::shown(method, 64))}),
+                    )
+                };
+                bridge.notify(&target, &legacy, &reply).await;
+            }
+        });
     }
 
     /// Drops a pooled session the server no longer knows (only if it is still the pooled
@@ -374,6 +478,7 @@ impl Bridge {
             version,
             init_result: result,
             server_info,
+            inflight: Mutex::default(),
         };
         let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
         self.notify(target, &legacy, &initialized).await;
@@ -519,94 +624,6 @@ impl Bridge {
         }
     }
 
-    // ---- server requests on a pooled session's GET stream ----
-
-    /// Watches a pooled session's GET stream for server requests that relate to no call (a
-    /// legacy server may send `roots/list` or `sampling/createMessage` there, as FastMCP's
-    /// `ctx.session.list_roots()` and server-everything do). Opened once per session, before
-    /// the first call that may be asked something is sent, so nothing is sent before it.
-    pub async fn watch(self: &Arc<Self>, target: &Target, legacy: &Arc<Legacy>) {
-        let Some(sid) = legacy.sid.clone() else {
-            return;
-        };
-        if !lock(&self.watched).insert(sid.clone()) {
-            return;
-        }
-        let opened = self
-            .fanouts
-            .subscribe(
-                crate::shared::fanout::Target {
-                    route: &target.route,
-                    path: &target.path,
-                    upstream_sid: &sid,
-                    protocol_version: Some(&legacy.version),
-                    headers: target.headers.clone(),
-                },
-                CALL_TIMEOUT,
-            )
-            .await;
-        let crate::shared::fanout::Opened::Stream(mut rx) = opened else {
-            // no GET stream: such requests cannot be received at all (nor by a legacy client)
-            return;
-        };
-        let this = Arc::clone(self);
-        let (target, legacy) = (target.clone(), Arc::clone(legacy));
-        tokio::spawn(async move {
-            loop {
-                let event = match rx.recv().await {
-                    Ok(e) => e,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => break,
-                };
-                let text = String::from_utf8_lossy(&event);
-                let (data, _) = crate::protocol::messages::event_data(&text);
-                let Ok(msg) = serde_json::from_str::<Value>(&data) else {
-                    continue;
-                };
-                let (Some(method), Some(id)) =
-                    (msg.get("method").and_then(Value::as_str), msg.get("id"))
-                else {
-                    continue;
-                };
-                let calls: Vec<mpsc::UnboundedSender<Value>> = lock(&this.inflight)
-                    .get(&sid)
-                    .map(|v| v.iter().map(|(_, tx)| tx.clone()).collect())
-                    .unwrap_or_default();
-                let delivered = match calls.as_slice() {
-                    [only] => only.send(msg.clone()).is_ok(),
-                    _ => false,
-                };
-                if !delivered {
-                    // related to no call, and not exactly one call could have meant it
-                    let error = json!({"code": crate::protocol::jsonrpc::code::INVALID_REQUEST,
-                        "message": format!("{} reached no modern client: {} calls in flight on this session",
-                            crate::protocol::shown(method, 64), calls.len())});
-                    this.notify(&target, &legacy, &modern::error_response(Some(id), error))
-                        .await;
-                }
-            }
-            lock(&this.watched).remove(&sid);
-        });
-    }
-
-    /// Counts a call in flight on a pooled session; server requests from the session's GET
-    /// stream reach it through the returned channel while it is the only one.
-    pub fn enlist(self: &Arc<Self>, legacy: &Legacy) -> Enlisted {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let sid = legacy.sid.clone().unwrap_or_default();
-        lock(&self.inflight)
-            .entry(sid.clone())
-            .or_default()
-            .push((n, tx));
-        Enlisted {
-            bridge: Arc::clone(self),
-            sid,
-            n,
-            rx,
-        }
-    }
-
     // ---- resource subscriptions of listeners ----
 
     /// Counts a listener of `uri` on a pooled session; `true` when it is the first (the
@@ -632,30 +649,6 @@ impl Bridge {
                 true
             }
             None => false,
-        }
-    }
-}
-
-/// A call in flight on a pooled session: its number, and the way to hand it a server request.
-type InFlight = (u64, mpsc::UnboundedSender<Value>);
-
-/// A call counted in flight on its pooled session (until dropped).
-pub struct Enlisted {
-    bridge: Arc<Bridge>,
-    sid: String,
-    n: u64,
-    /// Server requests from the session's GET stream meant for this call.
-    pub rx: mpsc::UnboundedReceiver<Value>,
-}
-
-impl Drop for Enlisted {
-    fn drop(&mut self) {
-        let mut inflight = lock(&self.bridge.inflight);
-        if let Some(calls) = inflight.get_mut(&self.sid) {
-            calls.retain(|(n, _)| *n != self.n);
-            if calls.is_empty() {
-                inflight.remove(&self.sid);
-            }
         }
     }
 }

@@ -195,14 +195,18 @@ impl Request {
     }
 
     /// A digest of what identifies the original request of an MRTR round: its method and
-    /// its params (without the era's metadata and the round's own fields). serde_json keeps
-    /// object keys sorted, so equal params give equal digests.
+    /// its params (without `_meta` and the round's own fields). `_meta` is the request's own
+    /// (its progress token, trace context), not the request's identity: a retry is a new
+    /// request, and clients give it a new progress token (the official SDKs use the request
+    /// id). serde_json keeps object keys sorted, so equal params give equal digests.
     pub fn digest(&self) -> [u8; 32] {
         use sha2::{Digest, Sha256};
+        let mut params = self.params.clone();
+        params.remove("_meta");
         let mut h = Sha256::new();
         h.update(self.method.as_bytes());
         h.update([0]);
-        h.update(serde_json::to_vec(&self.params).unwrap_or_default());
+        h.update(serde_json::to_vec(&params).unwrap_or_default());
         h.finalize().into()
     }
 }
@@ -705,6 +709,30 @@ mod tests {
             }}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn a_retry_with_its_own_progress_token_and_trace_has_the_same_digest() {
+        let read_call = |name: &str, args: Value, meta: Value| {
+            let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": name, "arguments": args, "_meta": meta}});
+            read(
+                &head(MODERN_VERSION, "tools/call", Some(name)),
+                &serde_json::to_vec(&body).unwrap(),
+            )
+            .unwrap()
+        };
+        let first = read_call("ask", json!({"a": 1}), json!({"progressToken": 1}));
+        let retry = read_call(
+            "ask",
+            json!({"a": 1}),
+            json!({"progressToken": 2, "traceparent": "00-ab-cd-01"}),
+        );
+        assert_eq!(first.digest(), retry.digest());
+        let other = read_call("ask", json!({"a": 2}), json!({"progressToken": 1}));
+        assert_ne!(first.digest(), other.digest());
+        let other = read_call("tell", json!({"a": 1}), json!({"progressToken": 1}));
+        assert_ne!(first.digest(), other.digest());
     }
 
     #[test]

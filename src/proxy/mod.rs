@@ -253,6 +253,7 @@ impl ProxyHttp for Sidecar {
         st: &mut RequestState,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
+        self.check_passed_through(&st.ctx, &st.plan, status);
         self.check_answer(session, &st.ctx, &mut st.plan, status)
             .await
     }

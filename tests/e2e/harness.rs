@@ -895,6 +895,91 @@ pub fn ts_scenario(
     run_client(cmd, "typescript MCP client")
 }
 
+/// The Python 2.x venv of the modern client driver and the dual-era server.
+pub fn python_modern() -> PathBuf {
+    require(
+        peers().join(".venv-modern/bin/python"),
+        "the modern Python venv (tests/peers/.venv-modern)",
+    )
+}
+
+/// Runs a modern client driver and returns the one JSON line it printed, whatever the protocol
+/// outcome (`ok`, `error`): the test asserts on it. Panics only when the driver crashed.
+fn run_modern(mut cmd: Command, what: &str) -> serde_json::Value {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what} printed no JSON (status {}):\nstdout: {stdout}\nstderr: {stderr}",
+                out.status
+            )
+        });
+    assert!(
+        out.status.success() && v.get("crash").is_none(),
+        "{what} crashed (status {}): {v}\nstderr: {stderr}",
+        out.status
+    );
+    v
+}
+
+/// The official Python `mcp` 2.x client (tests/peers/modern_client.py): `mode` is `pin`,
+/// `auto` or `legacy`; `args` the scenario's arguments (`LEVEL`, `TOOL`, `ARGS_JSON`).
+pub fn modern_py(url: &str, mode: &str, scenario: &str, args: &[&str]) -> serde_json::Value {
+    let mut cmd = Command::new(python_modern());
+    cmd.arg(peers().join("modern_client.py"))
+        .args([url, mode, scenario])
+        .args(args);
+    run_modern(cmd, &format!("python modern client ({mode} {scenario})"))
+}
+
+/// The official TypeScript client 2.x (tests/peers/modern_client.mjs), as `modern_py`.
+pub fn modern_ts(url: &str, mode: &str, scenario: &str, args: &[&str]) -> serde_json::Value {
+    require(
+        peers().join("node_modules/@modelcontextprotocol/client"),
+        "@modelcontextprotocol/client 2.x",
+    );
+    let mut cmd = Command::new(node());
+    cmd.arg(peers().join("modern_client.mjs"))
+        .args([url, mode, scenario])
+        .args(args);
+    run_modern(
+        cmd,
+        &format!("typescript modern client ({mode} {scenario})"),
+    )
+}
+
+/// The dual-era Python 2.x server (tests/peers/modern_server.py).
+pub struct ModernServer {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl ModernServer {
+    pub fn start(dir: &Path) -> ModernServer {
+        Self::start_on_port(dir, free_port())
+    }
+
+    /// On a given port (a restart, or another server taking its place).
+    pub fn start_on_port(dir: &Path, port: u16) -> ModernServer {
+        let mut cmd = Command::new(python_modern());
+        cmd.arg(peers().join("modern_server.py"))
+            .args(["--port", &port.to_string()])
+            .args(["--name", &format!("modern-{port}")]);
+        let mut proc = Proc::spawn(dir, &format!("modern-server-{port}"), cmd);
+        proc.wait_port(port);
+        ModernServer { proc, port }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// Headers every Streamable HTTP POST carries.
 pub fn mcp_post(client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
     client

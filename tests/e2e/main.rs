@@ -7,6 +7,7 @@ mod clients;
 mod config_check;
 mod drain;
 mod edges;
+mod eras;
 mod hardening;
 mod hop;
 mod hub;

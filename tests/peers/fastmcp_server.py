@@ -161,6 +161,19 @@ async def summarize(text: str, ctx: Context) -> str:
 
 
 @mcp.tool()
+async def ask_twice(ctx: Context) -> str:
+    """Two server requests in one call: elicit a name, then sample a greeting for it."""
+    answer = await ctx.elicit("What is your name?", schema=NameForm)
+    if answer.action != "accept":
+        return f"no name: {answer.action}"
+    message = SamplingMessage(role="user", content=TextContent(type="text", text=f"Greet {answer.data.name}"))
+    result = await ctx.session.create_message(
+        messages=[message], max_tokens=50, related_request_id=ctx.request_id
+    )
+    return f"{answer.data.name}: {getattr(result.content, 'text', '?')}"
+
+
+@mcp.tool()
 async def list_roots(ctx: Context) -> str:
     """The client's roots (roots/list), as a JSON list of URIs."""
     # ServerSession.list_roots() cannot relate the request to this call; sent related, it
@@ -174,9 +187,9 @@ async def list_roots(ctx: Context) -> str:
 
 
 @mcp.tool()
-async def list_roots_on_session(ctx: Context) -> str:
-    """The client's roots, asked with ServerSession.list_roots(): related to no call, so the
-    request travels on the session's GET stream (as many FastMCP servers ask)."""
+async def list_roots_unrelated(ctx: Context) -> str:
+    """The client's roots the way FastMCP 1.x offers it (ServerSession.list_roots()): the
+    request relates to no call, so it travels on the session's GET stream."""
     result = await ctx.session.list_roots()
     return json.dumps([str(r.uri) for r in result.roots])
 
@@ -204,6 +217,13 @@ async def long_wait(seconds: float = 30.0) -> str:
         long_waits["count"] += 1
         raise
     return "waited"
+
+
+@mcp.tool()
+async def ask_then_wait(ctx: Context, seconds: float = 30.0) -> str:
+    """Elicit a name, then wait like long_wait (counted in cancelled_calls when cancelled)."""
+    answer = await ctx.elicit("What is your name?", schema=NameForm)
+    return await long_wait(seconds) + f" for {getattr(answer.data, 'name', None)}"
 
 
 @mcp.tool()

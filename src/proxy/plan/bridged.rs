@@ -21,7 +21,7 @@
 
 use super::{Plan, SessionIds};
 use crate::bridge::client::{sse_event, Answer, CallError};
-use crate::bridge::{Bridge, Era, Legacy, PendingCall, Target};
+use crate::bridge::{Bridge, Era, Inbox, Legacy, PendingCall, Target};
 use crate::hub::filter::filter_message;
 use crate::legacy::sse::KEEPALIVE;
 use crate::metrics::METRICS;
@@ -163,6 +163,14 @@ struct Call {
     target: Target,
     upstream_id: String,
     token: Option<String>,
+    /// Server requests from the session's GET stream (`Bridge::watch`), while the call is
+    /// in flight.
+    inbox: Inbox,
+}
+
+/// The next server request from a call's GET-stream inbox.
+async fn from_stream(inbox: &mut Inbox) -> Option<Value> {
+    inbox.rx.recv().await
 }
 
 /// What pumping a call came to.
@@ -369,16 +377,11 @@ impl Sidecar {
                 Ok(p) => p,
                 Err(r) => return Ok(Verdict::Refused(r)),
             };
-            if !modern::legacy_capabilities(&req.client_capabilities)
-                .as_object()
-                .is_some_and(|c| c.is_empty())
-            {
-                // the server may ask this client something on the session's GET stream
-                self.bridge.watch(&target, &legacy).await;
-            }
             let upstream_id = self.bridge.next_id("req");
             let token = modern::progress_token(req).map(|_| self.bridge.next_id("progress"));
             let body = modern::legacy_request(req, &upstream_id, token.as_deref());
+            // in flight before it is sent: the server may ask at once
+            let inbox = legacy.enter();
             match self.bridge.send(&target, &legacy, &body).await {
                 Ok(answer) => {
                     call = Some(Call {
@@ -388,6 +391,7 @@ impl Sidecar {
                         target: target.clone(),
                         upstream_id,
                         token,
+                        inbox,
                     });
                     break;
                 }
@@ -432,12 +436,10 @@ impl Sidecar {
         let client_id = req.id.clone().unwrap_or(Value::Null);
         let max_held = self.limits.max_held_message;
         let route = ctx.routed();
-        let mut enlisted = self.bridge.enlist(&call.legacy);
         loop {
             let next = tokio::select! {
                 next = call.answer.next(max_held) => next,
-                // a server request from the session's GET stream, meant for this call
-                Some(msg) = enlisted.rx.recv() => Ok(Some(msg)),
+                Some(msg) = from_stream(&mut call.inbox) => Ok(Some(msg)),
                 _ = session.downstream_session.read_body_or_idle(true) => {
                     info!(
                         "request_id={} route={} the modern client closed its stream; {} cancelled upstream",
@@ -606,6 +608,7 @@ impl Sidecar {
         self.bridge.start_reaper();
         self.bridge.hold(pending, unix_now()).map_err(|p| {
             Box::new(Call {
+                inbox: p.legacy.enter(),
                 answer: p.answer,
                 legacy: p.legacy,
                 pool_key: p.pool_key,
@@ -667,6 +670,8 @@ impl Sidecar {
             .bridge_rounds
             .with_label_values(&[route.server_name.as_str(), "resumed"])
             .inc();
+        // in flight again before the answers go: the server may ask at once
+        let inbox = pending.legacy.enter();
         for (key, (server_id, _)) in &pending.asked {
             let reply = modern::response(server_id, responses[key].clone());
             self.bridge
@@ -674,6 +679,7 @@ impl Sidecar {
                 .await;
         }
         let call = Call {
+            inbox,
             answer: pending.answer,
             legacy: pending.legacy,
             pool_key: pending.pool_key,
@@ -946,6 +952,28 @@ fn upstream_failed(server: &str, e: &CallError) -> Refusal {
         .with_label_values(&[server, "bridge"])
         .inc();
     refused(502, code::SERVER_ERROR, format!("MCP server {server}: {e}"))
+}
+
+impl Sidecar {
+    /// A modern request passed through untouched (the route's server was probed modern)
+    /// answered as a legacy server answers one (`400` "Missing session ID", `404`, `405`):
+    /// the verdict no longer holds (the server was replaced by a legacy one), and the next
+    /// modern request probes again instead of failing until `bridge.era_ttl` runs out.
+    pub(in crate::proxy) fn check_passed_through(
+        &self,
+        ctx: &RequestCtx,
+        plan: &Plan,
+        status: u16,
+    ) {
+        let route = ctx.routed();
+        if ctx.modern.is_some()
+            && !matches!(plan, Plan::Bridged(_))
+            && route.era.is_none()
+            && matches!(status, 400 | 404 | 405)
+        {
+            self.bridge.doubt_era(&route.server_name);
+        }
+    }
 }
 
 impl Bridged {

@@ -64,16 +64,7 @@ impl Local {
                 }
                 Ok(())
             }
-            None => {
-                if ctx.modern.is_some() && resp.status.as_u16() == 400 {
-                    // a modern request passed to a server probed modern, answered as a legacy
-                    // server answers one: the verdict is probed again
-                    if let Some(route) = ctx.route.as_ref() {
-                        sidecar.bridge.doubt_era(&route.server_name);
-                    }
-                }
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 }
