@@ -8,6 +8,7 @@ pub mod messages;
 pub mod modern;
 pub mod request_state;
 pub mod strict;
+pub mod target;
 pub mod unknown_session;
 
 /// Client text made safe for a log line or an error message: control characters, quotes and
