@@ -20,3 +20,4 @@ pub mod session;
 pub mod shared;
 pub mod shutdown;
 pub mod store;
+pub mod telemetry;

@@ -12,6 +12,7 @@ use mcp_sidecar::session::heartbeat::Heartbeat;
 use mcp_sidecar::session::{Sessions, Settings};
 use mcp_sidecar::shutdown::DrainFirst;
 use mcp_sidecar::store::{MemoryStore, RedisStore, SessionStore};
+use mcp_sidecar::telemetry::TelemetryService;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -71,6 +72,17 @@ fn main() -> ExitCode {
             }
         };
     }
+    let exporting = match mcp_sidecar::telemetry::Exporting::resolve(&config.tracing, |v| {
+        std::env::var(v).ok()
+    })
+    .and_then(|e| mcp_sidecar::telemetry::audit::install(config.audit.file.as_deref()).map(|()| e))
+    {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
     if cli.pingora.test {
         for w in config.warnings() {
             eprintln!("mcp-sidecar: warning: {w}");
@@ -105,6 +117,7 @@ fn main() -> ExitCode {
         .store_backend
         .with_label_values(&[store.backend().as_str()])
         .set(1);
+    mcp_sidecar::telemetry::install(config.advertise_address(), exporting);
     let s = &config.session;
     let sessions = Sessions::new(
         store,
@@ -166,11 +179,14 @@ fn main() -> ExitCode {
     server.add_service(proxy_service);
     server.add_service(admin);
     server.add_service(heartbeat);
+    server.add_service(background_service("telemetry", TelemetryService));
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainFirst {
             sessions,
             grace_period: config.server.grace_period,
         }),
     });
+    // the spans of the last requests
+    mcp_sidecar::telemetry::shutdown();
     ExitCode::SUCCESS
 }

@@ -2,9 +2,9 @@
 //! configuration and JSON-RPC methods from a fixed list (see `protocol::jsonrpc`).
 
 use prometheus::{
-    register_histogram, register_histogram_vec, register_int_counter_vec, register_int_gauge,
-    register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
-    TextEncoder,
+    register_histogram, register_histogram_vec, register_int_counter, register_int_counter_vec,
+    register_int_gauge, register_int_gauge_vec, Encoder, Histogram, HistogramVec, IntCounter,
+    IntCounterVec, IntGauge, IntGaugeVec, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -70,7 +70,30 @@ pub struct Metrics {
     pub bridge_pending: IntGauge,
     /// `subscriptions/listen` streams of modern clients open on this pod.
     pub bridge_listeners: IntGauge,
+    /// MCP semantic conventions' `mcp.server.operation.duration`: a request's time to its
+    /// answer's headers, by route, method label and error type (bounded).
+    pub operation_duration: HistogramVec,
+    /// MCP semantic conventions' `mcp.server.session.duration`: how long sessions owned by
+    /// this pod lasted, by route and how they ended.
+    pub session_duration: HistogramVec,
+    /// Spans handed to the collector.
+    pub trace_spans_exported: IntCounter,
+    /// Spans never exported: `queue_full` (the exporter fell behind), `export_failed` (the
+    /// collector refused or did not answer).
+    pub trace_spans_dropped: IntCounterVec,
+    /// Audit lines the file writer could not take (its queue was full).
+    pub audit_lines_dropped: IntCounter,
 }
+
+/// The MCP semantic conventions' advised boundaries for operation durations, in seconds.
+const MCP_OPERATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+/// Session lifetimes, in seconds: a minute to a day.
+const MCP_SESSION_BUCKETS: &[f64] = &[
+    1.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 43200.0, 86400.0,
+];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -221,6 +244,36 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     bridge_listeners: register_int_gauge!(
         "mcp_sidecar_bridge_listeners",
         "subscriptions/listen streams of modern clients open on this pod"
+    )
+    .expect("metric registers once"),
+    operation_duration: register_histogram_vec!(
+        "mcp_server_operation_duration_seconds",
+        "MCP server operation duration (mcp.server.operation.duration): time to the answer's headers, by route, MCP method and error type",
+        &["route", "mcp_method_name", "error_type"],
+        MCP_OPERATION_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    session_duration: register_histogram_vec!(
+        "mcp_server_session_duration_seconds",
+        "MCP session duration (mcp.server.session.duration) of sessions owned by this pod, by route and how they ended (deleted, expired, lost)",
+        &["route", "end"],
+        MCP_SESSION_BUCKETS.to_vec()
+    )
+    .expect("metric registers once"),
+    trace_spans_exported: register_int_counter!(
+        "mcp_sidecar_trace_spans_exported_total",
+        "Trace spans the OTLP collector took"
+    )
+    .expect("metric registers once"),
+    trace_spans_dropped: register_int_counter_vec!(
+        "mcp_sidecar_trace_spans_dropped_total",
+        "Trace spans never exported: queue_full (the exporter fell behind), export_failed (the collector refused or did not answer)",
+        &["reason"]
+    )
+    .expect("metric registers once"),
+    audit_lines_dropped: register_int_counter!(
+        "mcp_sidecar_audit_lines_dropped_total",
+        "Audit lines not written to audit.file because its queue was full"
     )
     .expect("metric registers once"),
 }

@@ -80,6 +80,13 @@ pub struct Config {
     /// `auth: required|optional`.
     #[serde(default)]
     pub auth: AuthSection,
+    /// OpenTelemetry traces, exported over OTLP/HTTP. Off unless a collector is named here or
+    /// in `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    #[serde(default)]
+    pub tracing: TracingSection,
+    /// The audit log of tool, resource and prompt use.
+    #[serde(default)]
+    pub audit: AuditSection,
     /// Path prefix → local MCP server. Longest prefix wins.
     pub routes: Vec<RouteSection>,
 }
@@ -304,6 +311,47 @@ impl Default for PeerSection {
             replay_cache_size: 200_000,
         }
     }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TracingSection {
+    /// Base URL of an OTLP/HTTP collector (`http://otel-collector:4318`); spans go to
+    /// `/v1/traces` under it. Empty: no traces, unless `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` names one (they win over this field).
+    pub endpoint: Option<String>,
+    /// Share of new traces recorded, 0 to 1. Parent-based: a request whose caller's trace is
+    /// sampled (or not) follows that decision. `OTEL_TRACES_SAMPLER(_ARG)` win over it.
+    #[serde(deserialize_with = "ratio")]
+    pub sampling_ratio: f64,
+    /// `service.name` of the spans; `OTEL_SERVICE_NAME` wins over it.
+    pub service_name: String,
+    /// Spans waiting for export at most; more are dropped and counted.
+    #[serde(deserialize_with = "number_or_string")]
+    pub max_queue: usize,
+    /// Bound of one export (a batch the collector does not take in time is dropped).
+    #[serde(with = "human_duration")]
+    pub export_timeout: Duration,
+}
+
+impl Default for TracingSection {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            sampling_ratio: 1.0,
+            service_name: "mcp-sidecar".into(),
+            max_queue: 2048,
+            export_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSection {
+    /// Also append every audit line to this file (bare JSON lines). Lines always go to the log
+    /// target `audit` (`RUST_LOG=info,audit=off` silences it there).
+    pub file: Option<PathBuf>,
 }
 
 /// Largest accepted `peer.max_clock_skew`: a wider window keeps signatures (and replay memory)
@@ -657,6 +705,17 @@ impl Config {
                     humantime::format_duration(MAX_CLOCK_SKEW)
                 ),
             ));
+        }
+        if self.tracing.max_queue == 0 {
+            return Err(("tracing.max_queue".into(), "must be greater than 0".into()));
+        }
+        if let Some(e) = self.tracing.endpoint.as_deref().filter(|e| !e.is_empty()) {
+            if !e.starts_with("http://") || e.parse::<http::Uri>().is_err() {
+                return Err((
+                    "tracing.endpoint".into(),
+                    format!("{e:?} is not an http:// URL of an OTLP/HTTP collector (https is not supported)"),
+                ));
+            }
         }
         if self.peer.replay_cache_size == 0 {
             return Err((
@@ -1053,6 +1112,26 @@ fn number_or_string<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> 
             .parse()
             .map_err(|_| de::Error::custom(format!("{s:?} is not a whole number"))),
     }
+}
+
+fn ratio<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(f64),
+        S(String),
+    }
+    let r = match Raw::deserialize(d)? {
+        Raw::N(n) => n,
+        Raw::S(s) => s
+            .trim()
+            .parse()
+            .map_err(|_| de::Error::custom(format!("{s:?} is not a number")))?,
+    };
+    if !(0.0..=1.0).contains(&r) {
+        return Err(de::Error::custom(format!("{r} is not between 0 and 1")));
+    }
+    Ok(r)
 }
 
 fn byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
