@@ -8,7 +8,7 @@
 use super::body::{envelope_of, looks_like_json, BodyBuffer, BodyProgress};
 use super::context::RequestCtx;
 use super::reply::Refusal;
-use super::{tool_filter, Sidecar, Verdict};
+use super::{telemetry, tool_filter, Sidecar, Verdict};
 use crate::config::LimitsSection;
 use crate::hub::policy::AuthMode;
 use crate::metrics::METRICS;
@@ -208,8 +208,12 @@ impl Sidecar {
         {
             self.pre_read_body(session, ctx).await?;
         }
+        telemetry::begin(session.req_header(), ctx);
         let checked = match self.hops.admit(session, ctx) {
-            Ok(()) => self.authenticate(session, ctx).await,
+            Ok(()) => {
+                let scope = ctx.telemetry.span.scope();
+                scope.run(self.authenticate(session, ctx)).await
+            }
             Err(refusal) => Err(refusal),
         };
         // the body is read fully only now that the caller is known
@@ -241,6 +245,7 @@ impl Sidecar {
     ) -> Result<Bytes> {
         let full = self.hops.settle(ctx, full)?;
         ctx.complete_body(&full);
+        telemetry::body_known(req, ctx, &full);
         let judged = ctx
             .judge(&full, &self.limits)
             .and_then(|()| ctx.read_modern(req, &full))

@@ -6,6 +6,7 @@ use super::body::BodyBuffer;
 use super::cors::Cors;
 use super::hop::HopState;
 use super::reply::Refusal;
+use super::telemetry::RequestTelemetry;
 use crate::hub::filter::ToolsFilter;
 use crate::hub::Caller;
 use crate::protocol::jsonrpc::Envelope;
@@ -62,6 +63,8 @@ pub struct RequestCtx {
     pub(super) modern: Option<Box<crate::protocol::modern::Request>>,
     /// The request's head says it is of the modern era (also when its body was refused).
     pub(super) modern_head: bool,
+    /// The request's span, the current attempt's, and what the audit line needs.
+    pub(super) telemetry: RequestTelemetry,
 }
 
 impl RequestCtx {
@@ -92,6 +95,7 @@ impl RequestCtx {
             raw_body: None,
             modern: None,
             modern_head: false,
+            telemetry: RequestTelemetry::default(),
         }
     }
 

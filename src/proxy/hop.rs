@@ -324,6 +324,25 @@ mod tests {
     }
 
     #[test]
+    fn the_trace_context_rides_along_unsigned() {
+        // the forwarder writes its hop span's traceparent beside the signed headers: no claim,
+        // so hops of sidecars with tracing on, off, or of an older release verify alike, and
+        // stripping the hop leaves it for the MCP server's side to replace
+        let h = hops(Some(SECRET));
+        let mut r = signed(1000, ME, Some(BODY), "");
+        r.insert_header(
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        )
+        .unwrap();
+        r.insert_header("tracestate", "k=v").unwrap();
+        assert!(h.check(&r, true, Some(BODY), 1000).is_ok());
+        let mut ctx = RequestCtx::new();
+        strip(&mut r, &mut ctx);
+        assert!(r.headers.contains_key("traceparent") && !r.headers.contains_key(HOP_SIGNATURE));
+    }
+
+    #[test]
     fn a_tampered_body_is_refused() {
         let h = hops(Some(SECRET));
         let r = signed(1000, ME, Some(BODY), "");

@@ -19,6 +19,7 @@ mod cors;
 mod hop;
 mod plan;
 mod reply;
+mod telemetry;
 mod tool_filter;
 mod upstream;
 
@@ -129,7 +130,10 @@ impl ProxyHttp for Sidecar {
 
     async fn request_filter(&self, session: &mut Session, st: &mut RequestState) -> Result<bool> {
         let verdict = match self.admit(session, &mut st.ctx).await? {
-            Verdict::Proxy => self.choose(session, &mut st.ctx, &mut st.plan).await?,
+            Verdict::Proxy => {
+                let scope = st.ctx.telemetry.span.scope();
+                (scope.run(self.choose(session, &mut st.ctx, &mut st.plan))).await?
+            }
             verdict => verdict,
         };
         match verdict {
@@ -138,6 +142,7 @@ impl ProxyHttp for Sidecar {
             Verdict::Refused(refusal) => {
                 // the body may be unread: do not reuse this connection
                 session.set_keepalive(None);
+                telemetry::answered(&mut st.ctx, &refusal, true);
                 reply::send(session, &st.ctx, &refusal).await?;
                 Ok(true)
             }
@@ -149,7 +154,9 @@ impl ProxyHttp for Sidecar {
         session: &mut Session,
         st: &mut RequestState,
     ) -> Result<Box<HttpPeer>> {
-        self.resume(session, &st.ctx, &mut st.plan).await?;
+        let scope = st.ctx.telemetry.span.scope();
+        (scope.run(self.resume(session, &st.ctx, &mut st.plan))).await?;
+        telemetry::attempt(&mut st.ctx, st.plan.next_sidecar());
         self.peer(&st.ctx, st.plan.next_sidecar())
     }
 
@@ -160,6 +167,7 @@ impl ProxyHttp for Sidecar {
         st: &mut RequestState,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        telemetry::connect_failed(&mut st.ctx);
         let retry = st.plan.connect_failed(self);
         e.set_retry(retry);
         e
@@ -235,6 +243,7 @@ impl ProxyHttp for Sidecar {
         st: &mut RequestState,
     ) -> Result<()> {
         self.common_upstream_head(session, upstream_request, &mut st.ctx)?;
+        telemetry::sending(upstream_request, &st.ctx)?;
         if let Some(to) = st.plan.next_sidecar() {
             // the next sidecar routes the client's own path and injects the caller's headers
             // itself; the caller travels in the signed hop
@@ -254,8 +263,8 @@ impl ProxyHttp for Sidecar {
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
         self.check_passed_through(&st.ctx, &st.plan, status);
-        self.check_answer(session, &st.ctx, &mut st.plan, status)
-            .await
+        let scope = st.ctx.telemetry.span.scope();
+        (scope.run(self.check_answer(session, &st.ctx, &mut st.plan, status))).await
     }
 
     async fn response_filter(
@@ -281,9 +290,8 @@ impl ProxyHttp for Sidecar {
             // the client's next request opens a new connection, which reaches a pod that stays
             session.set_keepalive(None);
         }
-        st.plan
-            .response(self, session, upstream_response, ctx, now)
-            .await
+        let scope = ctx.telemetry.span.scope();
+        (scope.run(st.plan.response(self, session, upstream_response, ctx, now))).await
     }
 
     fn response_body_filter(
@@ -308,7 +316,9 @@ impl ProxyHttp for Sidecar {
     ) -> FailToProxy {
         let ctx = &mut st.ctx;
         let (mut refusal, kind) = reply::for_proxy_error(e, ctx.route_label());
-        if let Some(denied) = ctx.denied.take() {
+        let denied = ctx.denied.take();
+        let was_refused = denied.is_some();
+        if let Some(denied) = denied {
             refusal = Some(denied);
         }
         if let Some(reason) = st.plan.legacy_gone() {
@@ -326,6 +336,7 @@ impl ProxyHttp for Sidecar {
         }
         let status = match refusal {
             Some(r) if session.response_written().is_none() => {
+                telemetry::answered(ctx, &r, was_refused);
                 // the connection will be closed; say so, or the client reuses it and gets a reset
                 session.set_keepalive(None);
                 if let Err(we) = reply::send(session, ctx, &r).await {
@@ -366,5 +377,6 @@ impl ProxyHttp for Sidecar {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, st: &mut RequestState) {
         st.plan.finish(self);
         access_log::log(session, e, &st.ctx, &st.plan);
+        telemetry::finish(session, e, &mut st.ctx, &st.plan);
     }
 }

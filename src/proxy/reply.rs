@@ -21,6 +21,9 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     /// The error's `data` member (the supported versions of a modern version refusal).
     pub data: Option<serde_json::Value>,
+    /// A bounded reason for spans and the audit log (`tool_denied`), when the status alone
+    /// does not say it.
+    pub reason: Option<&'static str>,
 }
 
 impl Refusal {
@@ -32,7 +35,13 @@ impl Refusal {
             challenge: None,
             retry_after: None,
             data: None,
+            reason: None,
         }
+    }
+
+    pub fn with_reason(mut self, reason: &'static str) -> Refusal {
+        self.reason = Some(reason);
+        self
     }
 
     pub fn with_retry_after(mut self, seconds: u64) -> Refusal {

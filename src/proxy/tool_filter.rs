@@ -31,11 +31,14 @@ pub(super) fn refusal(ctx: &RequestCtx) -> Option<Refusal> {
         ctx.user_id().unwrap_or("-"),
         shown(denied, 64)
     );
-    Some(Refusal::new(
-        403,
-        code::SERVER_ERROR,
-        format!("tool \"{}\" is not available to you", shown(denied, 64)),
-    ))
+    Some(
+        Refusal::new(
+            403,
+            code::SERVER_ERROR,
+            format!("tool \"{}\" is not available to you", shown(denied, 64)),
+        )
+        .with_reason("tool_denied"),
+    )
 }
 
 /// Arms the filter for a `tools/list` answer of this pod's MCP server.

@@ -26,6 +26,16 @@ pub struct Hit {
     pub refresh_due: bool,
 }
 
+/// A session this pod owned ended (`end`: deleted, expired, lost): its lifetime, for the MCP
+/// semantic conventions' `mcp.server.session.duration`.
+fn ended(record: &SessionRecord, end: &'static str) {
+    let lived = crate::store::unix_now().saturating_sub(record.created_at);
+    METRICS
+        .session_duration
+        .with_label_values(&[record.server_name.as_str(), end])
+        .observe(lived as f64);
+}
+
 impl LocalTable {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         self.entries.lock().unwrap_or_else(|p| p.into_inner())
@@ -79,14 +89,17 @@ impl LocalTable {
 
     pub fn remove(&self, sid: &str) -> bool {
         let mut map = self.lock();
-        let removed = map.remove(sid).is_some();
+        let removed = map.remove(sid);
         Self::publish(map.len());
-        removed
+        if let Some(e) = &removed {
+            ended(&e.record, "deleted");
+        }
+        removed.is_some()
     }
 
     /// Removes `held`'s session only while the table still has it at `held`'s owner and epoch
     /// (not a newer entry another request made meanwhile).
-    pub fn remove_held(&self, held: &SessionRecord) -> bool {
+    pub fn remove_held(&self, held: &SessionRecord, end: &'static str) -> bool {
         let mut map = self.lock();
         if !map
             .get(&held.session_id)
@@ -96,6 +109,7 @@ impl LocalTable {
         }
         map.remove(&held.session_id);
         Self::publish(map.len());
+        ended(held, end);
         true
     }
 
@@ -121,7 +135,13 @@ impl LocalTable {
         let now = Instant::now();
         let mut map = self.lock();
         let before = map.len();
-        map.retain(|_, e| now.duration_since(e.last_used) < ttl);
+        map.retain(|_, e| {
+            let keep = now.duration_since(e.last_used) < ttl;
+            if !keep {
+                ended(&e.record, "expired");
+            }
+            keep
+        });
         Self::publish(map.len());
         before - map.len()
     }

@@ -46,6 +46,7 @@ use crate::metrics::METRICS;
 use crate::protocol::headers::{is_valid_session_id, MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::route::Route;
 use crate::store::{unix_now, SessionRecord, SessionStore, Standing, StoreError};
+use crate::telemetry::trace::{self, KeyValue, SpanKind};
 use lease::Lease;
 use local::LocalTable;
 use log::{info, warn};
@@ -497,7 +498,7 @@ impl Sessions {
                 if !self.lease.in_doubt()
                     && matches!(self.store.pod_alive(&self.settings.me).await, Ok(true))
                 {
-                    if self.local.remove_held(&mine) {
+                    if self.local.remove_held(&mine, "deleted") {
                         info!("session {sid} was deleted from the store; dropped locally");
                         METRICS.sessions.with_label_values(&["deleted"]).inc();
                     }
@@ -516,7 +517,7 @@ impl Sessions {
     /// The store has `mine`'s session at another holder (`now`): this pod stops serving it.
     fn lost(&self, mine: &SessionRecord, now: &SessionRecord) {
         // this pod's own newer claim (a resync or another request) is no loss
-        if now.owner == self.settings.me || !self.local.remove_held(mine) {
+        if now.owner == self.settings.me || !self.local.remove_held(mine, "lost") {
             return;
         }
         info!(
@@ -734,8 +735,13 @@ impl Sessions {
         upstream_sid: Option<&str>,
         protocol_version: Option<&str>,
         extra: &[Injected],
-        body: &str,
+        body_in: &str,
     ) -> std::io::Result<upstream_call::Answer> {
+        // a child of the request's span; the MCP server continues the trace from it
+        let span = trace::current_child("mcp_sidecar.upstream_call", SpanKind::Client);
+        let trace_fields = span.inject();
+        let body = span.with_meta(body_in);
+        let body = body.as_deref().unwrap_or(body_in);
         let headers: Vec<(&str, &str)> = [
             upstream_sid.map(|s| (MCP_SESSION_ID, s)),
             protocol_version.map(|v| (MCP_PROTOCOL_VERSION, v)),
@@ -743,8 +749,9 @@ impl Sessions {
         .into_iter()
         .flatten()
         .chain(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+        .chain(trace_fields.iter().map(|(n, v)| (*n, v.as_str())))
         .collect();
-        upstream_call::post(
+        let answer = upstream_call::post(
             route.upstream_addr,
             &route.upstream_authority,
             path,
@@ -752,12 +759,60 @@ impl Sessions {
             body.as_bytes(),
             self.settings.recovery_timeout,
         )
-        .await
+        .await;
+        span.set(|| {
+            let mut attrs = vec![KeyValue::new(
+                "server.address",
+                route.upstream_authority.clone(),
+            )];
+            if let Some(m) = crate::protocol::jsonrpc::Envelope::parse(body.as_bytes())
+                .ok()
+                .and_then(|e| e.method().map(str::to_string))
+            {
+                attrs.push(KeyValue::new("mcp.method.name", m));
+            }
+            if let Ok(a) = &answer {
+                attrs.push(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(a.status),
+                ));
+            }
+            attrs
+        });
+        span.end(match &answer {
+            Ok(a) if a.status >= 400 => Some("http_error"),
+            Ok(_) => None,
+            Err(_) => Some("io_error"),
+        });
+        answer
     }
 
     /// Recovers `record` on this pod, or waits for the request that already does. Returns
     /// where the session now lives.
     pub async fn recover(
+        &self,
+        record: SessionRecord,
+        route: &Route,
+        path: &str,
+        reason: &str,
+        extra: &[Injected],
+    ) -> Result<Decision, RecoveryError> {
+        let span = trace::current_child("mcp_sidecar.recover", SpanKind::Internal);
+        span.set(|| {
+            vec![KeyValue::new(
+                "mcp_sidecar.recover.reason",
+                reason.to_string(),
+            )]
+        });
+        let result = span
+            .scope()
+            .run(self.recover_once(record, route, path, reason, extra))
+            .await;
+        span.end(result.as_ref().err().map(|_| "recovery_failed"));
+        result
+    }
+
+    async fn recover_once(
         &self,
         record: SessionRecord,
         route: &Route,

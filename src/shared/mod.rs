@@ -28,6 +28,7 @@ use crate::protocol::messages::event_data;
 use crate::route::Route;
 use crate::session::{Injected, Sessions};
 use crate::store::{unix_now, SessionRecord, Transport};
+use crate::telemetry::trace::{self, KeyValue, SpanKind};
 use log::{info, warn};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeSet, HashMap};
@@ -253,6 +254,27 @@ impl Shared {
 
     /// Initializes a new upstream session on this pod's MCP server and publishes it.
     async fn establish(
+        &self,
+        need: &Need<'_>,
+        stale: Option<&str>,
+        had_one: bool,
+    ) -> Result<String, SharedError> {
+        let span = trace::current_child("mcp_sidecar.shared.establish", SpanKind::Internal);
+        span.set(|| {
+            vec![KeyValue::new(
+                "mcp_sidecar.shared.reestablished",
+                stale.is_some() || had_one,
+            )]
+        });
+        let result = span
+            .scope()
+            .run(self.establish_once(need, stale, had_one))
+            .await;
+        span.end(result.as_ref().err().map(|_| "establish_failed"));
+        result
+    }
+
+    async fn establish_once(
         &self,
         need: &Need<'_>,
         stale: Option<&str>,

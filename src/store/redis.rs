@@ -10,6 +10,7 @@ use super::{
 };
 use crate::config::RedisSection;
 use crate::metrics::METRICS;
+use crate::telemetry::trace::{current_child, KeyValue, SpanKind};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::AsyncCommands;
@@ -184,6 +185,14 @@ impl RedisStore {
                 message: e.to_string(),
             })
         };
+        // a child of the request's span, when a request is being served
+        let span = current_child("mcp_sidecar.store", SpanKind::Client);
+        span.set(|| {
+            vec![
+                KeyValue::new("db.system.name", "redis"),
+                KeyValue::new("db.operation.name", op),
+            ]
+        });
         let result = match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
             Err(_) => Err(StoreError::Timeout(op)),
@@ -191,6 +200,11 @@ impl RedisStore {
         if result.is_err() {
             METRICS.store_errors.with_label_values(&[op]).inc();
         }
+        span.end(match &result {
+            Err(StoreError::Timeout(_)) => Some("timeout"),
+            Err(_) => Some("store_error"),
+            Ok(_) => None,
+        });
         result
     }
 }
