@@ -666,6 +666,17 @@ impl Sidecar {
 
     /// With `server` settings overridden (`("grace_period", "3s")`).
     pub fn start_on_with(dir: &Path, ip: &str, server: &[(&str, &str)], body: &str) -> Sidecar {
+        Self::start_env(dir, ip, server, body, &[])
+    }
+
+    /// The same with environment variables set for the process (`OTEL_*`).
+    pub fn start_env(
+        dir: &Path,
+        ip: &str,
+        server: &[(&str, &str)],
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> Sidecar {
         let (port, admin_port, peer_port) = (free_port(), free_port(), free_port());
         let config = dir.join(format!("sidecar-{port}.yaml"));
         let mut settings: Vec<(&str, String)> = vec![
@@ -693,7 +704,10 @@ impl Sidecar {
             .collect();
         fs::write(&config, format!("server:\n{server}{body}")).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"));
-        cmd.arg("-c").arg(&config).env("RUST_LOG", "info");
+        cmd.arg("-c")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied());
         let mut proc = Proc::spawn(dir, &format!("sidecar-{port}"), cmd);
         proc.wait_addr(ip, admin_port);
         proc.wait_addr(ip, port);
@@ -755,6 +769,77 @@ fn run_client(mut cmd: Command, what: &str) -> serde_json::Value {
         out.status
     );
     v
+}
+
+/// The test OTLP/HTTP collector (tests/peers/otlp_receiver.py): what sidecars export,
+/// decoded with the official protobuf definitions, one JSON object per span.
+pub struct Otlp {
+    pub proc: Proc,
+    pub port: u16,
+    pub out: PathBuf,
+}
+
+impl Otlp {
+    pub fn start(dir: &Path) -> Otlp {
+        Self::start_args(dir, &[])
+    }
+
+    /// With extra arguments (`--status 503`: a collector that refuses every export).
+    pub fn start_args(dir: &Path, extra: &[&str]) -> Otlp {
+        let port = free_port();
+        let out = dir.join(format!("spans-{port}.jsonl"));
+        let mut cmd = Command::new(python());
+        cmd.arg(peers().join("otlp_receiver.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--out")
+            .arg(&out)
+            .args(extra);
+        let mut proc = Proc::spawn(dir, &format!("otlp-{port}"), cmd);
+        proc.wait_port(port);
+        Otlp { proc, port, out }
+    }
+
+    /// The base URL a sidecar's `tracing.endpoint` names.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every span received so far (a line still being written is left for the next read).
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Waits until the spans received so far satisfy `done`; returns them.
+    pub async fn wait(
+        &self,
+        what: &str,
+        done: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let spans = self.spans();
+            if done(&spans) {
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not among the spans received:\n{}",
+                spans
+                    .iter()
+                    .map(|s| format!(
+                        "{} {} {} <- {}",
+                        s["trace_id"], s["name"], s["span_id"], s["parent_span_id"]
+                    ))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 /// The official Python client (tests/peers/py_client.py).

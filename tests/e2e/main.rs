@@ -19,3 +19,4 @@ mod redis_mode;
 mod shared;
 mod store_redis;
 mod streaming;
+mod telemetry;
