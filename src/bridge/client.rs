@@ -5,6 +5,7 @@
 
 use crate::protocol::messages::{event_data, EventScanner};
 use crate::route::Route;
+use crate::telemetry::trace::{self, KeyValue, SpanKind};
 use bytes::Bytes;
 use pingora::connectors::http::v1::Connector;
 use pingora::http::RequestHeader;
@@ -76,6 +77,51 @@ impl Client {
     /// POSTs one JSON-RPC message to the route's MCP server and reads the answer head.
     /// A pooled connection that turns out closed is replaced once.
     pub async fn post(
+        &self,
+        route: &Route,
+        path: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+    ) -> Result<Answer, CallError> {
+        // a child of the request's span; the MCP server continues the trace from it, in the
+        // headers and in the message's _meta (the bridge wrote the message anyway)
+        let span = trace::current_child("mcp_sidecar.upstream_call", SpanKind::Client);
+        let traced = span.with_meta(std::str::from_utf8(body).unwrap_or_default());
+        let body = traced.as_deref().map_or(body, str::as_bytes);
+        let fields = span.inject();
+        let with_trace: Vec<(String, String)>;
+        let headers = if fields.is_empty() {
+            headers
+        } else {
+            with_trace = headers
+                .iter()
+                .cloned()
+                .chain(fields.into_iter().map(|(k, v)| (k.to_string(), v)))
+                .collect();
+            &with_trace
+        };
+        let result = self.post_once(route, path, headers, body).await;
+        span.set(|| {
+            let mut a = vec![KeyValue::new(
+                "server.address",
+                route.upstream_authority.clone(),
+            )];
+            if let Ok(m) = crate::protocol::jsonrpc::Envelope::parse(body) {
+                if let Some(m) = m.method() {
+                    a.push(KeyValue::new("mcp.method.name", m.to_string()));
+                }
+            }
+            a
+        });
+        span.end(match &result {
+            Ok(_) => None,
+            Err(CallError::Status(..)) => Some("http_error"),
+            Err(_) => Some("unreachable"),
+        });
+        result
+    }
+
+    async fn post_once(
         &self,
         route: &Route,
         path: &str,

@@ -45,6 +45,19 @@ pub struct RequestTelemetry {
     pub(super) answered: Option<Answered>,
 }
 
+impl RequestTelemetry {
+    /// A child span of the request for work the sidecar does itself (the bridge's calls, an
+    /// MRTR round); empty when tracing is off.
+    pub(super) fn child(&self, name: &'static str, kind: SpanKind) -> ChildSpan {
+        self.span.child(name, kind)
+    }
+
+    /// The span of an MRTR round: a held call resumed with the client's input.
+    pub(super) fn round(&self) -> ChildSpan {
+        self.child("mcp_sidecar.mrtr_round", SpanKind::Internal)
+    }
+}
+
 fn header<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers.get(name).and_then(|v| v.to_str().ok())
 }

@@ -628,6 +628,7 @@ impl Sidecar {
         req: &Request,
         state: &request_state::State,
     ) -> Result<Verdict> {
+        let _round = ctx.telemetry.round();
         let route = ctx.routed();
         let Some(mut pending) = self.bridge.take(state) else {
             return Ok(Verdict::Refused(bad_state(
