@@ -735,13 +735,8 @@ impl Sessions {
         upstream_sid: Option<&str>,
         protocol_version: Option<&str>,
         extra: &[Injected],
-        body_in: &str,
+        body: &str,
     ) -> std::io::Result<upstream_call::Answer> {
-        // a child of the request's span; the MCP server continues the trace from it
-        let span = trace::current_child("mcp_sidecar.upstream_call", SpanKind::Client);
-        let trace_fields = span.inject();
-        let body = span.with_meta(body_in);
-        let body = body.as_deref().unwrap_or(body_in);
         let headers: Vec<(&str, &str)> = [
             upstream_sid.map(|s| (MCP_SESSION_ID, s)),
             protocol_version.map(|v| (MCP_PROTOCOL_VERSION, v)),
@@ -749,9 +744,8 @@ impl Sessions {
         .into_iter()
         .flatten()
         .chain(extra.iter().map(|(n, v)| (n.as_str(), v.as_str())))
-        .chain(trace_fields.iter().map(|(n, v)| (*n, v.as_str())))
         .collect();
-        let answer = upstream_call::post(
+        upstream_call::post(
             route.upstream_addr,
             &route.upstream_authority,
             path,
@@ -759,32 +753,7 @@ impl Sessions {
             body.as_bytes(),
             self.settings.recovery_timeout,
         )
-        .await;
-        span.set(|| {
-            let mut attrs = vec![KeyValue::new(
-                "server.address",
-                route.upstream_authority.clone(),
-            )];
-            if let Some(m) = crate::protocol::jsonrpc::Envelope::parse(body.as_bytes())
-                .ok()
-                .and_then(|e| e.method().map(str::to_string))
-            {
-                attrs.push(KeyValue::new("mcp.method.name", m));
-            }
-            if let Ok(a) = &answer {
-                attrs.push(KeyValue::new(
-                    "http.response.status_code",
-                    i64::from(a.status),
-                ));
-            }
-            attrs
-        });
-        span.end(match &answer {
-            Ok(a) if a.status >= 400 => Some("http_error"),
-            Ok(_) => None,
-            Err(_) => Some("io_error"),
-        });
-        answer
+        .await
     }
 
     /// Recovers `record` on this pod, or waits for the request that already does. Returns

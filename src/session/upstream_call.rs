@@ -3,6 +3,7 @@
 //! loopback only, `Connection: close`, bounded in time and size.
 
 use crate::protocol::chunked::Chunked;
+use crate::telemetry::trace::{self, KeyValue, SpanKind};
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,8 +30,52 @@ impl Answer {
     }
 }
 
-/// POSTs `body` to `path` and reads the whole answer (JSON or a finite SSE stream).
+/// POSTs `body` to `path` and reads the whole answer (JSON or a finite SSE stream). When a
+/// request's span is current, the call is a child span of it, and the MCP server gets its
+/// trace context in the headers and in the message's `_meta` (the sidecar wrote the message).
 pub async fn post(
+    addr: SocketAddr,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
+    let span = trace::current_child("mcp_sidecar.upstream_call", SpanKind::Client);
+    let traced = span.with_meta(std::str::from_utf8(body).unwrap_or_default());
+    let body = traced.as_deref().map_or(body, str::as_bytes);
+    let fields = span.inject();
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .copied()
+        .chain(fields.iter().map(|(n, v)| (*n, v.as_str())))
+        .collect();
+    let answer = exchange(addr, authority, path, &headers, body, timeout).await;
+    span.set(|| {
+        let mut attrs = vec![KeyValue::new("server.address", authority.to_string())];
+        if let Some(m) = crate::protocol::jsonrpc::Envelope::parse(body)
+            .ok()
+            .and_then(|e| e.method().map(str::to_string))
+        {
+            attrs.push(KeyValue::new("mcp.method.name", m));
+        }
+        if let Ok(a) = &answer {
+            attrs.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(a.status),
+            ));
+        }
+        attrs
+    });
+    span.end(match &answer {
+        Ok(a) if a.status >= 400 => Some("http_error"),
+        Ok(_) => None,
+        Err(_) => Some("io_error"),
+    });
+    answer
+}
+
+async fn exchange(
     addr: SocketAddr,
     authority: &str,
     path: &str,
