@@ -74,9 +74,7 @@ fn main() -> ExitCode {
     }
     let exporting = match mcp_sidecar::telemetry::Exporting::resolve(&config.tracing, |v| {
         std::env::var(v).ok()
-    })
-    .and_then(|e| mcp_sidecar::telemetry::audit::install(config.audit.file.as_deref()).map(|()| e))
-    {
+    }) {
         Ok(e) => e,
         Err(e) => {
             eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
@@ -95,6 +93,11 @@ fn main() -> ExitCode {
     }
     for w in config.warnings() {
         warn!("{w}");
+    }
+    // (not in -t: the file is where the pod mounts it, not on the machine that checks)
+    if let Err(e) = mcp_sidecar::telemetry::audit::install(config.audit.file.as_deref()) {
+        eprintln!("mcp-sidecar: configuration error: {}: {e}", path.display());
+        return ExitCode::from(2);
     }
 
     let store: Arc<dyn SessionStore> = match config.redis_url() {
