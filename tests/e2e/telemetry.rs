@@ -587,3 +587,119 @@ async fn tool_calls_are_audited_and_no_secret_is_exported() {
     let captured = std::fs::read_to_string(&pod.capture).unwrap();
     assert!(captured.contains(alice_token));
 }
+
+/// A modern (2026-07-28) client's request, with the headers the era requires.
+async fn modern_call(
+    client: &reqwest::Client,
+    url: &str,
+    traceparent: &str,
+    params: Value,
+) -> Value {
+    let name = params["name"].as_str().unwrap().to_string();
+    let body = json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":params});
+    let resp = client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", name)
+        .header("traceparent", traceparent)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    messages(&text)
+        .into_iter()
+        .find(|m| m.get("result").is_some() || m.get("error").is_some())
+        .unwrap_or_else(|| panic!("no answer in {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridged_mrtr_round_is_one_trace_across_pods() {
+    let dir = test_dir("trace-mrtr");
+    let redis = Redis::start(&dir);
+    let otlp = Otlp::start(&dir);
+    let head = format!(
+        "redis: {}\npeer: {{secret: {PEER_SECRET}}}\n{}",
+        redis.section(),
+        tracing_section(&otlp)
+    );
+    let route = Sidecar::route("/mcp", "UPSTREAM", "fastmcp");
+    let pods: Vec<TracedPod> = (1..=3)
+        .map(|i| traced_pod(&dir, i, &head, &route))
+        .collect();
+    let addr: Vec<String> = pods.iter().map(|p| p.sidecar.peer_address()).collect();
+    let client = reqwest::Client::new();
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+        "io.modelcontextprotocol/clientInfo": {"name": "trace-test", "version": "1"}
+    });
+    // the call asks the client for input: pod B holds it and answers input_required
+    let trace = random_hex(32);
+    let first = modern_call(
+        &client,
+        &pods[1].sidecar.url("/mcp"),
+        &traceparent(&trace, &random_hex(16)),
+        json!({"name": "ask_name", "arguments": {}, "_meta": meta}),
+    )
+    .await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let key = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    // the client's retry, in the same trace, lands on pod C, which carries it to B
+    let retry_parent = random_hex(16);
+    let second = modern_call(
+        &client,
+        &pods[2].sidecar.url("/mcp"),
+        &traceparent(&trace, &retry_parent),
+        json!({
+            "name": "ask_name", "arguments": {}, "_meta": meta,
+            "requestState": result["requestState"],
+            "inputResponses": {key: {"action": "accept", "content": {"name": "Ada"}}}
+        }),
+    )
+    .await;
+    assert!(second.to_string().contains("Hello, Ada!"), "{second}");
+    let spans = otlp
+        .wait("the MRTR round on B", |s| {
+            s.iter()
+                .any(|x| x["trace_id"] == trace.as_str() && x["name"] == "mcp_sidecar.mrtr_round")
+                && span_on(s, &trace, &addr[2], "tools/call ask_name").is_some()
+        })
+        .await;
+    // B's first answer, with the bridge's call to the MCP server under it
+    let asked = find(&spans, |s| {
+        s["trace_id"] == trace.as_str()
+            && attr(s, "mcp_sidecar.pod") == addr[1].as_str()
+            && attr(s, "mcp_sidecar.from_peer") == false
+    })
+    .unwrap();
+    assert_eq!(attr(asked, "mcp_sidecar.via"), "bridged");
+    let call = children(&spans, asked, "mcp_sidecar.upstream_call");
+    assert!(!call.is_empty(), "the bridged call upstream");
+    let tp = upstream_traceparents(&pods[1].capture, "ask_name");
+    assert!(
+        tp.iter().any(|t| t.starts_with(&format!("00-{trace}-"))),
+        "the MCP server got the trace: {tp:?}"
+    );
+    // C forwards the retry over the hop; B's span of it continues the hop's and holds the round
+    let on_c = span_on(&spans, &trace, &addr[2], "tools/call ask_name").unwrap();
+    assert_eq!(on_c["parent_span_id"], retry_parent.as_str());
+    assert_eq!(attr(on_c, "mcp_sidecar.via"), "bridged_forwarded");
+    let hop = children(&spans, on_c, "mcp_sidecar.hop");
+    assert_eq!(hop.len(), 1);
+    let resumed = find(&spans, |s| s["parent_span_id"] == hop[0]["span_id"]).unwrap();
+    assert_eq!(attr(resumed, "mcp_sidecar.pod"), addr[1].as_str());
+    assert_eq!(attr(resumed, "mcp_sidecar.from_peer"), true);
+    assert_eq!(children(&spans, resumed, "mcp_sidecar.mrtr_round").len(), 1);
+}
