@@ -9,6 +9,22 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
+/// Why the sidecar refused, where spans and the audit log tell it apart (one byte: a refusal
+/// travels in `Result`s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The caller's `tool_groups` do not allow the tool.
+    ToolDenied,
+}
+
+impl Reason {
+    pub fn label(self) -> &'static str {
+        match self {
+            Reason::ToolDenied => "tool_denied",
+        }
+    }
+}
+
 /// A refusal the sidecar answers itself.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
@@ -21,9 +37,8 @@ pub struct Refusal {
     pub retry_after: Option<u64>,
     /// The error's `data` member (the supported versions of a modern version refusal).
     pub data: Option<serde_json::Value>,
-    /// A bounded reason for spans and the audit log (`tool_denied`), when the status alone
-    /// does not say it.
-    pub reason: Option<&'static str>,
+    /// Why, for spans and the audit log, when the status alone does not say it.
+    pub reason: Option<Reason>,
 }
 
 impl Refusal {
@@ -39,7 +54,7 @@ impl Refusal {
         }
     }
 
-    pub fn with_reason(mut self, reason: &'static str) -> Refusal {
+    pub fn with_reason(mut self, reason: Reason) -> Refusal {
         self.reason = Some(reason);
         self
     }

@@ -9,7 +9,7 @@
 
 use super::context::RequestCtx;
 use super::plan::Plan;
-use super::reply::Refusal;
+use super::reply::{Reason, Refusal};
 use crate::metrics::METRICS;
 use crate::protocol::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::protocol::jsonrpc::Envelope;
@@ -28,8 +28,8 @@ use std::time::{Instant, SystemTime};
 pub struct Answered {
     /// The JSON-RPC error code of the answer.
     pub code: i64,
-    /// A bounded reason, when the refusal has one (`tool_denied`).
-    pub reason: Option<&'static str>,
+    /// Why, when the refusal says (`tool_denied`).
+    pub reason: Option<Reason>,
     /// Refused before the upstream was asked (else: the upstream failed).
     pub refusal: bool,
 }
@@ -253,7 +253,7 @@ pub(super) fn finish(session: &Session, e: Option<&Error>, ctx: &mut RequestCtx,
                 reason: Some(r), ..
             }),
             _,
-        ) => Some(r.to_string()),
+        ) => Some(r.label().to_string()),
         (_, Some(kind)) => Some(kind.to_string()),
         _ if status >= 400 || status == 0 && e.is_some() => Some(match status {
             0 => "incomplete".to_string(),
@@ -328,7 +328,7 @@ fn audit_lines(
     }
     let outcome = match ctx.telemetry.answered {
         Some(Answered {
-            reason: Some("tool_denied"),
+            reason: Some(Reason::ToolDenied),
             ..
         }) => Outcome::RefusedByPolicy,
         Some(Answered { refusal: true, .. }) => Outcome::Refused,

@@ -4,7 +4,7 @@
 //! `crate::hub::filter`). A request sent to another sidecar is filtered there.
 
 use super::context::RequestCtx;
-use super::reply::Refusal;
+use super::reply::{Reason, Refusal};
 use crate::hub::filter::ToolsFilter;
 use crate::metrics::METRICS;
 use crate::protocol::jsonrpc::code;
@@ -37,7 +37,7 @@ pub(super) fn refusal(ctx: &RequestCtx) -> Option<Refusal> {
             code::SERVER_ERROR,
             format!("tool \"{}\" is not available to you", shown(denied, 64)),
         )
-        .with_reason("tool_denied"),
+        .with_reason(Reason::ToolDenied),
     )
 }
 
