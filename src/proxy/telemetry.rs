@@ -67,9 +67,10 @@ fn method(ctx: &RequestCtx) -> Option<&str> {
     ctx.envelope.as_ref().and_then(Envelope::method)
 }
 
-/// Whether the request is a single audited message (a batch is looked at message by message).
+/// Whether the request is a single audited message whose line goes somewhere (a batch is
+/// looked at message by message).
 fn audited(ctx: &RequestCtx) -> bool {
-    method(ctx).is_some_and(audit::audited)
+    method(ctx).is_some_and(audit::audited) && audit::enabled()
 }
 
 /// Begins the request's server span with what is known now: its head, and its body when it
@@ -322,7 +323,7 @@ fn audit_lines(
     session_id: Option<&str>,
     trace_id: Option<String>,
 ) {
-    if ctx.from_peer {
+    if ctx.from_peer || !audit::enabled() {
         // the pod the client reached writes the line
         return;
     }

@@ -134,6 +134,12 @@ fn writer() -> Option<&'static SyncSender<String>> {
         .as_ref()
 }
 
+/// Whether audit lines go anywhere (the log target is enabled, or a file is configured): a
+/// request's target is read only then.
+pub fn enabled() -> bool {
+    FILE.get().is_some() || log::log_enabled!(target: "audit", log::Level::Info)
+}
+
 /// Writes one line: to the `audit` log target, and to `audit.file` when configured.
 pub fn write(line: &Line) {
     let to_log = log::log_enabled!(target: "audit", log::Level::Info);
