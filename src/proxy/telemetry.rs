@@ -375,3 +375,98 @@ fn audit_lines(
         _ => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::jsonrpc::Envelope;
+
+    fn request(method: &str, version: Option<&str>) -> RequestHeader {
+        let mut r = RequestHeader::build(method, b"/mcp?key=mcphub_secret", None).unwrap();
+        r.insert_header("authorization", "Bearer mcphub_secret")
+            .unwrap();
+        if let Some(v) = version {
+            r.insert_header(MCP_PROTOCOL_VERSION, v).unwrap();
+        }
+        r
+    }
+
+    fn with_body(body: &str) -> RequestCtx {
+        let mut ctx = RequestCtx::new();
+        ctx.request_id = "r-1".into();
+        ctx.envelope = Envelope::parse(body.as_bytes()).ok();
+        let method = ctx
+            .envelope
+            .as_ref()
+            .and_then(|e| e.method().map(str::to_string));
+        ctx.telemetry.facts = method.and_then(|m| target::facts(body.as_bytes(), &m));
+        ctx
+    }
+
+    fn value(attrs: &[KeyValue], key: &str) -> Option<String> {
+        attrs
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.to_string())
+    }
+
+    #[test]
+    fn names_and_attributes_follow_the_mcp_conventions() {
+        let req = request("POST", Some("2025-06-18"));
+        let ctx = with_body(
+            r#"{"jsonrpc":"2.0","id":"a1","method":"tools/call","params":{"name":"get_issue","arguments":{"token":"ghp_x"}}}"#,
+        );
+        assert_eq!(span_name(&req, &ctx), "tools/call get_issue");
+        let attrs = start_attributes(&req, &ctx);
+        assert_eq!(
+            value(&attrs, "mcp.method.name").as_deref(),
+            Some("tools/call")
+        );
+        assert_eq!(
+            value(&attrs, "jsonrpc.request.id").as_deref(),
+            Some("\"a1\"")
+        );
+        assert_eq!(
+            value(&attrs, "gen_ai.tool.name").as_deref(),
+            Some("get_issue")
+        );
+        assert_eq!(
+            value(&attrs, "gen_ai.operation.name").as_deref(),
+            Some("execute_tool")
+        );
+        assert_eq!(
+            value(&attrs, "mcp.protocol.version").as_deref(),
+            Some("2025-06-18")
+        );
+        assert_eq!(
+            value(&attrs, "mcp_sidecar.request_id").as_deref(),
+            Some("r-1")
+        );
+        // nothing of the head but its method and version; never the key or the arguments
+        for kv in &attrs {
+            let v = kv.value.to_string();
+            assert!(!v.contains("mcphub_") && !v.contains("ghp_"), "{kv:?}");
+        }
+
+        let ctx = with_body(
+            r#"{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///x?sig=1"}}"#,
+        );
+        assert_eq!(span_name(&req, &ctx), "resources/read file:///x");
+        let attrs = start_attributes(&req, &ctx);
+        assert_eq!(
+            value(&attrs, "mcp.resource.uri").as_deref(),
+            Some("file:///x")
+        );
+        assert_eq!(value(&attrs, "gen_ai.tool.name"), None);
+
+        let ctx = with_body(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(span_name(&req, &ctx), "notifications/initialized");
+        let ctx = with_body(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#);
+        assert_eq!(span_name(&req, &ctx), "batch");
+        // no message: the HTTP method and the route (none here)
+        assert_eq!(
+            span_name(&request("GET", None), &RequestCtx::new()),
+            "GET -"
+        );
+    }
+}
