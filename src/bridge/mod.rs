@@ -1,6 +1,6 @@
 //! The era bridge: modern (2026-07-28) clients served by this pod's legacy MCP server. What
 //! the bridge keeps between requests lives here; what one bridged request goes through is
-//! `proxy/plan/bridged.rs`; the protocol shapes are `protocol::modern` and
+//! `proxy/plan/bridged/`; the protocol shapes are `protocol::modern` and
 //! `protocol::request_state`.
 //!
 //! - **The era of a route's server** (`era: auto`): probed once with `server/discover`, the
