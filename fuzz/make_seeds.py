@@ -102,3 +102,19 @@ CONFIGS = [
     "session: {ttl: 0s, heartbeat_interval: 2s, pod_ttl: 1s}\nadmin:\n  token: |\n    FUZZSECRET-block-0123456789\n" + MIN_ROUTE,
 ]
 write("config", CONFIGS)
+
+# modern: "VERSION\0METHOD\0NAME\0BODY" ("-" for an absent header)
+META = '"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{"elicitation":{}},"io.modelcontextprotocol/logLevel":"info","progressToken":3}'
+MODERN = [
+    '2026-07-28\0tools/call\0echo\0{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"},' + META + '}}',
+    '2026-07-28\0tools/call\0=?base64?aMOpbGxv?=\0{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"h\\u00e9llo",' + META + '}}',
+    '2026-07-28\0resources/read\0test://info\0{"jsonrpc":"2.0","id":"r","method":"resources/read","params":{"uri":"test://info",' + META + '}}',
+    '2026-07-28\0prompts/get\0greet\0{"jsonrpc":"2.0","id":2,"method":"prompts/get","params":{"name":"greet","inputResponses":{"k":{"action":"accept"}},"requestState":"mcps1.e30.AAAA",' + META + '}}',
+    '2026-07-28\0server/discover\0-\0{"jsonrpc":"2.0","id":3,"method":"server/discover","params":{' + META + '}}',
+    '2026-07-28\0subscriptions/listen\0-\0{"jsonrpc":"2.0","id":4,"method":"subscriptions/listen","params":{"notifications":{"toolsListChanged":true,"resourceSubscriptions":["a://1"]}}}',
+    '2026-07-28\0-\0-\0{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"x"}}',
+    '2030-01-01\0ping\0-\0{"jsonrpc":"2.0","id":5,"method":"ping"}',
+    '2025-06-18\0tools/list\0-\0{"jsonrpc":"2.0","id":6,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}',
+    'mcps1.eyJwb2QiOiIxIn0.QMtq5eh3bT1xzwqYfgx4qF-Bon-uRFV755nXHi1qQPI',
+]
+write("modern", MODERN)

@@ -16,7 +16,7 @@ source scripts/lib.sh
 need_cmd cmake cmake   # pingora-core -> zlib-ng
 need_cmd g++ g++       # libfuzzer-sys compiles libFuzzer's C++ sources
 
-ALL_TARGETS=(strict_envelope sse_messages legacy chunked hop config)
+ALL_TARGETS=(strict_envelope sse_messages legacy chunked hop config modern)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${ALL_TARGETS[@]}"); fi
 
 host=$(rustc -vV | sed -n 's/^host: //p')
