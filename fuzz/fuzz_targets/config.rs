@@ -18,7 +18,6 @@ const SECRET_PATHS: [(&str, &str); 3] = [
     ("auth", "token_encryption_key"),
 ];
 
-
 fn env(name: &str) -> Option<String> {
     match name {
         "POD_IP" => Some("10.0.0.7".into()),

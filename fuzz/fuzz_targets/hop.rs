@@ -46,10 +46,13 @@ impl Claims {
         }
     }
 
-
     fn in_window(&self, now: u64, skew: u64) -> bool {
         self.time <= now.saturating_add(skew)
-            && now <= self.time.saturating_add(HOP_TRANSIT_SECS).saturating_add(skew)
+            && now
+                <= self
+                    .time
+                    .saturating_add(HOP_TRANSIT_SECS)
+                    .saturating_add(skew)
     }
 
     fn expected(&self, now: u64, skew: u64) -> Result<(), HopError> {
@@ -109,8 +112,15 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let sig = claims.hop().sign(&secret);
     let hex = sig.strip_prefix("v3:").expect("a v3 signature");
     assert_eq!(hex.len(), 64);
-    assert!(hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')), "{sig}");
-    assert_eq!(claims.hop().sign(&secret), sig, "signing is not deterministic");
+    assert!(
+        hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{sig}"
+    );
+    assert_eq!(
+        claims.hop().sign(&secret),
+        sig,
+        "signing is not deterministic"
+    );
 
     let expected = claims.expected(now, skew);
     let verdict = claims.hop().verify(&secret, &sig, now, skew);
@@ -127,7 +137,9 @@ fn run(u: &mut Unstructured) -> Result<()> {
         "the same MAC in upper case"
     );
     assert_eq!(
-        claims.hop().verify(&secret, &format!("v2:{hex}"), now, skew),
+        claims
+            .hop()
+            .verify(&secret, &format!("v2:{hex}"), now, skew),
         Err(HopError::Version)
     );
 
@@ -180,7 +192,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let body: &[u8] = u.arbitrary()?;
     let other_body: &[u8] = u.arbitrary()?;
     assert!(body_matches(&body_claim(body), body));
-    assert_eq!(body_matches(&body_claim(body), other_body), body == other_body);
+    assert_eq!(
+        body_matches(&body_claim(body), other_body),
+        body == other_body
+    );
     let tag = claims.hop().tag(&secret);
     let mut sealed = body.to_vec();
     sealed.extend_from_slice(&trailer(&secret, &tag, body));
@@ -188,7 +203,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
     let mut tampered = sealed.clone();
     let i = u.choose_index(tampered.len())?;
     tampered[i] ^= u.int_in_range(1..=255)?;
-    assert_eq!(open_trailer(&secret, &tag, &tampered), Err(HopError::BodyDigest));
+    assert_eq!(
+        open_trailer(&secret, &tag, &tampered),
+        Err(HopError::BodyDigest)
+    );
     let unsealed: &[u8] = u.arbitrary()?;
     if let Ok(opened) = open_trailer(&secret, &tag, unsealed) {
         assert_eq!(&unsealed[..opened.len()], opened);
@@ -198,7 +216,10 @@ fn run(u: &mut Unstructured) -> Result<()> {
     // the replay guard: once, then refused while the hop lives
     let guard = ReplayGuard::new(u.int_in_range(1..=4)?);
     if claims.in_window(now, skew) && guard.admit(tag, claims.time, skew, now).is_ok() {
-        assert_eq!(guard.admit(tag, claims.time, skew, now), Err(HopError::Replayed));
+        assert_eq!(
+            guard.admit(tag, claims.time, skew, now),
+            Err(HopError::Replayed)
+        );
     }
 
     let a: &[u8] = u.arbitrary()?;

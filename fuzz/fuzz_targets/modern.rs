@@ -24,9 +24,8 @@ fuzz_target!(|data: &[u8]| {
     else {
         return;
     };
-    let opt = |v: &'static [u8], raw: &'_ [u8]| -> Option<Vec<u8>> {
-        (raw != v).then(|| raw.to_vec())
-    };
+    let opt =
+        |v: &'static [u8], raw: &'_ [u8]| -> Option<Vec<u8>> { (raw != v).then(|| raw.to_vec()) };
     // a lone "-" stands for an absent header
     let (version, method, name) = (opt(b"-", version), opt(b"-", method), opt(b"-", name));
     let head = Head {
@@ -44,7 +43,9 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(method.as_deref(), Some(req.method.as_bytes()));
             }
             let full: Value = serde_json::from_slice(body).expect("accepted body is JSON");
-            if let Some(meta_v) = full.pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion") {
+            if let Some(meta_v) =
+                full.pointer("/params/_meta/io.modelcontextprotocol~1protocolVersion")
+            {
                 assert_eq!(meta_v.as_str(), Some(v));
             }
             let field = match req.method.as_str() {
@@ -53,14 +54,23 @@ fuzz_target!(|data: &[u8]| {
                 _ => None,
             };
             if let (Some(field), false) = (field, req.is_notification()) {
-                let body_name = full["params"][field].as_str().expect("a named method has its name");
-                let decoded = modern::decode_header_value(name.as_deref().expect("Mcp-Name present"))
-                    .expect("an accepted Mcp-Name decodes");
+                let body_name = full["params"][field]
+                    .as_str()
+                    .expect("a named method has its name");
+                let decoded =
+                    modern::decode_header_value(name.as_deref().expect("Mcp-Name present"))
+                        .expect("an accepted Mcp-Name decodes");
                 assert_eq!(decoded, body_name);
                 assert_eq!(req.name.as_deref(), Some(body_name));
             }
-            assert!(!req.params.contains_key("inputResponses") || !modern::INPUT_METHODS.contains(&req.method.as_str()));
-            assert!(!req.params.contains_key("requestState") || !modern::INPUT_METHODS.contains(&req.method.as_str()));
+            assert!(
+                !req.params.contains_key("inputResponses")
+                    || !modern::INPUT_METHODS.contains(&req.method.as_str())
+            );
+            assert!(
+                !req.params.contains_key("requestState")
+                    || !modern::INPUT_METHODS.contains(&req.method.as_str())
+            );
             if let Some(Value::Object(meta)) = req.params.get("_meta") {
                 assert!(meta.keys().all(|k| !k.starts_with(modern::meta::PREFIX)));
             }
@@ -84,8 +94,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let sealed = request_state::seal(b"fuzz-key", &state);
     if sealed.len() <= request_state::MAX_LEN {
-        assert_eq!(request_state::open(b"fuzz-key", &sealed, state.expires), Ok(state.clone()));
-        assert_eq!(request_state::open(b"other-key", &sealed, 0), Err(StateError::Invalid));
+        assert_eq!(
+            request_state::open(b"fuzz-key", &sealed, state.expires),
+            Ok(state.clone())
+        );
+        assert_eq!(
+            request_state::open(b"other-key", &sealed, 0),
+            Err(StateError::Invalid)
+        );
         assert_eq!(
             request_state::open(b"fuzz-key", &sealed, state.expires + 1),
             Err(StateError::Expired)

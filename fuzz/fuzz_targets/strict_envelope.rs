@@ -9,7 +9,6 @@ use mcp_sidecar::protocol::jsonrpc::{Envelope, EnvelopeError};
 use mcp_sidecar::protocol::strict::{self, Kind};
 use serde_json::Value;
 
-
 /// A raw JSON id as strict keeps it: parsed once and written back. (Comparing by parsing
 /// strict's id again would not do: without serde_json's `float_roundtrip` feature, reading a
 /// written float back can move it by one unit in the last place.)
