@@ -219,12 +219,15 @@ impl Bridge {
         if let Some(era) = configured {
             return era;
         }
-        let name = target.route.server_name.clone();
-        if let Some((era, at)) = lock(&self.eras).get(&name).copied() {
+        let cached = lock(&self.eras)
+            .get(target.route.server_name.as_str())
+            .copied();
+        if let Some((era, at)) = cached {
             if at.elapsed() < self.settings.era_ttl {
                 return era;
             }
         }
+        let name = target.route.server_name.clone();
         let era = self.probe(target).await;
         if let Some(era) = era {
             info!(

@@ -176,7 +176,8 @@ impl Sidecar {
                 return Ok(Some(Verdict::Refused(refusal)));
             }
         }
-        let Some(req) = ctx.modern.clone() else {
+        // taken, not copied: nothing after the plan reads the message again
+        let Some(req) = ctx.modern.take() else {
             return Ok(None);
         };
         if let Some(sealed) = &req.request_state {
