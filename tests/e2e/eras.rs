@@ -32,23 +32,12 @@ impl Eras {
         );
         let pods: Vec<(FastMcp, Sidecar, PathBuf)> = (1..=n)
             .map(|i| {
-                let ip = format!("127.0.0.{i}");
-                let capture = dir.join(format!("capture-{i}.jsonl"));
-                let up = FastMcp::start_args(
-                    &dir,
-                    &ip,
-                    free_port(),
-                    Transport::StreamableHttp,
-                    &["--capture", capture.to_str().unwrap()],
-                );
-                let sidecar = Sidecar::start_on(
-                    &dir,
-                    &ip,
-                    &format!(
+                let (up, sidecar, capture) = capturing_pod(&dir, i, |up| {
+                    format!(
                         "redis: {section}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{extra}routes:\n{}",
                         route(&format!("{}/mcp", up.base()))
-                    ),
-                );
+                    )
+                });
                 (up, sidecar, capture)
             })
             .collect();

@@ -1275,6 +1275,27 @@ pub struct Pod {
     pub sidecar: Sidecar,
 }
 
+/// Pod `i` of a test: FastMCP on 127.0.0.`i` recording what it receives (`--capture`, the
+/// returned file), and a sidecar beside it whose configuration `body` writes from the
+/// upstream (its `routes:` and any section above them).
+pub fn capturing_pod(
+    dir: &Path,
+    i: usize,
+    body: impl FnOnce(&FastMcp) -> String,
+) -> (FastMcp, Sidecar, PathBuf) {
+    let ip = format!("127.0.0.{i}");
+    let capture = dir.join(format!("capture-{i}.jsonl"));
+    let up = FastMcp::start_args(
+        dir,
+        &ip,
+        free_port(),
+        Transport::StreamableHttp,
+        &["--capture", capture.to_str().unwrap()],
+    );
+    let sidecar = Sidecar::start_on(dir, &ip, &body(&up));
+    (up, sidecar, capture)
+}
+
 impl Pod {
     /// FastMCP behind a sidecar with one route, `prefix` → the server's `path`, named `server`.
     /// `extra` is YAML for the sidecar above its `routes:`.

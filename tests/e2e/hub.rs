@@ -87,25 +87,14 @@ impl Hub {
         let file_keys = write_key_file(&keys_file);
         let pods: Vec<(FastMcp, Sidecar, PathBuf)> = (1..=pods)
             .map(|i| {
-                let ip = format!("127.0.0.{i}");
-                let capture = dir.join(format!("capture-{i}.jsonl"));
-                let up = FastMcp::start_args(
-                    &dir,
-                    &ip,
-                    free_port(),
-                    Transport::StreamableHttp,
-                    &["--capture", capture.to_str().unwrap()],
-                );
-                let sidecar = Sidecar::start_on(
-                    &dir,
-                    &ip,
-                    &format!(
+                let (up, sidecar, capture) = capturing_pod(&dir, i, |up| {
+                    format!(
                         "redis: {}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\nauth: {{cache_ttl: 1s, keys_file: '{}', token_encryption_key: '{ENCRYPTION_KEY}'}}\nroutes:\n{}",
                         redis.section(),
                         keys_file.display(),
                         route("/mcp", &format!("{}/mcp", up.base()), "github")
-                    ),
-                );
+                    )
+                });
                 (up, sidecar, capture)
             })
             .collect();

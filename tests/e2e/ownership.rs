@@ -29,24 +29,13 @@ impl Pods {
         let redis = Redis::start(&dir);
         let pods = (1..=2)
             .map(|i| {
-                let ip = format!("127.0.0.{i}");
-                let capture = dir.join(format!("capture-{i}.jsonl"));
-                let upstream = FastMcp::start_args(
-                    &dir,
-                    &ip,
-                    free_port(),
-                    Transport::StreamableHttp,
-                    &["--capture", capture.to_str().unwrap()],
-                );
-                let sidecar = Sidecar::start_on(
-                    &dir,
-                    &ip,
-                    &format!(
+                let (upstream, sidecar, capture) = capturing_pod(&dir, i, |upstream| {
+                    format!(
                         "redis: {{url: '{}'}}\npeer: {{secret: {PEER_SECRET}}}\nadmin: {{token: {ADMIN_TOKEN}}}\n{SESSION}routes:\n{}",
                         redis_url(i - 1, &redis),
                         Sidecar::route("/mcp", &format!("{}/mcp", upstream.base()), "fastmcp")
-                    ),
-                );
+                    )
+                });
                 (upstream, capture, sidecar)
             })
             .collect();
